@@ -1,0 +1,162 @@
+"""The `codegen` command line: build, check, plan, verify, schema."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+import time
+from pathlib import Path
+
+from codegen import __version__
+from codegen.chips import CHIPS, DEFAULT_CHIP
+from codegen.errors import GeneratorBug, SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+
+
+def _overrides(values: list[str]) -> dict[str, object]:
+    from codegen.spec import parse_override
+
+    out: dict[str, object] = {}
+    for text in values or []:
+        name, value = parse_override(text)
+        out[name] = value
+    return out
+
+
+def _add_build_options(p: argparse.ArgumentParser, output: bool = True) -> None:
+    p.add_argument("-D", dest="defines", action="append", metavar="NAME=VALUE", default=[],
+                   help="override a spec param (repeatable), e.g. -D alpha=0.5")
+    p.add_argument("--chip", choices=sorted(CHIPS), default=DEFAULT_CHIP,
+                   help=f"TPU generation whose VMEM budget the plan must fit (default {DEFAULT_CHIP})")
+    if output:
+        p.add_argument("-o", "--output-dir", type=Path, default=Path("generated"),
+                       help="folder for generated modules (default: generated/)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codegen",
+        description="Generate readable JAX Pallas TPU kernels from declarative YAML specs.",
+    )
+    parser.add_argument("--version", action="version", version=f"codegen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("build", help="generate DIR/<name>.py from each spec")
+    p.add_argument("specs", nargs="+", type=Path, metavar="SPEC")
+    _add_build_options(p)
+
+    p = sub.add_parser("check", help="exit 1 with a diff if a generated file is stale; changes nothing")
+    p.add_argument("specs", nargs="+", type=Path, metavar="SPEC")
+    _add_build_options(p)
+
+    p = sub.add_parser("plan", help="print the plan: loops, grid, blocks, memory, rules, VMEM")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+
+    p = sub.add_parser("verify", help="run the kernel in TPU interpret mode against a reference, and lower it for TPU")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
+    _add_build_options(p, output=False)
+
+    sub.add_parser("schema", help="print the spec's JSON Schema")
+    return parser
+
+
+def _build_all(specs: list[Path], defines, chip):
+    from codegen.build import build_source
+
+    overrides = _overrides(defines)
+    return [build_source(path, overrides, chip) for path in specs]
+
+
+def _cmd_build(args) -> int:
+    started = time.perf_counter()
+    built = _build_all(args.specs, args.defines, args.chip)  # all or nothing: no write before every spec builds
+    from codegen.build import write_atomic
+
+    for b in built:
+        target = args.output_dir / f"{b.spec.name}.py"
+        if target.exists() and target.read_text(encoding="utf-8") == b.source:
+            print(f"{target}: unchanged")
+            continue
+        write_atomic(target, b.source)
+        print(f"{target}: written")
+    print(f"built {len(built)} spec{'s' if len(built) != 1 else ''} in {time.perf_counter() - started:.2f}s")
+    return EXIT_OK
+
+
+def _cmd_check(args) -> int:
+    built = _build_all(args.specs, args.defines, args.chip)
+    stale = 0
+    for b in built:
+        target = args.output_dir / f"{b.spec.name}.py"
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current == b.source:
+            print(f"{target}: up to date")
+            continue
+        stale += 1
+        status = "stale" if target.exists() else "missing"
+        print(f"{target}: {status}; run `codegen build {b.spec.file}`", file=sys.stderr)
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                current.splitlines(keepends=True),
+                b.source.splitlines(keepends=True),
+                fromfile=f"{target} (checked in)",
+                tofile=f"{target} (from {b.spec.file})",
+            )
+        )
+    return EXIT_FAILED if stale else EXIT_OK
+
+
+def _cmd_plan(args) -> int:
+    from codegen.build import plan_spec
+    from codegen.report import format_plan
+
+    _, plan = plan_spec(args.spec, _overrides(args.defines), args.chip)
+    sys.stdout.write(format_plan(plan))
+    return EXIT_OK
+
+
+def _cmd_verify(args) -> int:
+    from codegen.build import build_source
+
+    built = build_source(args.spec, _overrides(args.defines), args.chip)
+    from codegen.verify import verify_built  # imports jax: only here
+
+    return EXIT_OK if verify_built(built, seed=args.seed, log=print) else EXIT_FAILED
+
+
+def _cmd_schema(args) -> int:
+    from codegen.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = {
+        "build": _cmd_build,
+        "check": _cmd_check,
+        "plan": _cmd_plan,
+        "verify": _cmd_verify,
+        "schema": _cmd_schema,
+    }[args.command]
+    try:
+        return command(args)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    except GeneratorBug as err:
+        print(f"internal error (a generator bug, not a spec mistake): {err}", file=sys.stderr)
+        return EXIT_BUG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

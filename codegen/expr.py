@@ -1,0 +1,100 @@
+"""Parse compute expressions into a small, located syntax tree.
+
+Expressions use Python's surface syntax, so `ast` does the parsing; only a
+whitelist of node shapes is accepted, and nothing is ever evaluated. Names,
+calls and keywords are resolved later, by the lowering.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from codegen.errors import Location, SpecError
+
+
+@dataclass(frozen=True)
+class Expr:
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Name(Expr):
+    id: str
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: float | int
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str  # "-"
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str  # "+", "-", "*", "/"
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    func: str
+    args: tuple[Expr, ...]
+    keywords: tuple[tuple[str, Expr, Location], ...]
+
+
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def parse_expression(text: str, loc: Location) -> Expr:
+    """Parse `text`, whose first character sits at `loc`."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        col = (err.offset or 1) - 1 + (len(text) - len(text.lstrip()))
+        raise SpecError(f"invalid expression: {err.msg}", loc.shifted(col)) from None
+    lead = len(text) - len(text.lstrip())
+    return _convert(tree.body, loc, lead)
+
+
+def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
+    loc = base.shifted(lead + getattr(node, "col_offset", 0))
+    if isinstance(node, ast.Name):
+        return Name(loc, node.id)
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise SpecError(f"only numeric literals are allowed, got {node.value!r}", loc)
+        return Const(loc, node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _convert(node.operand, base, lead)
+        if isinstance(node.op, ast.UAdd):
+            return operand
+        if isinstance(operand, Const):
+            return Const(loc, -operand.value)
+        return Unary(loc, "-", operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return Binary(loc, _BINARY[type(node.op)], _convert(node.left, base, lead), _convert(node.right, base, lead))
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name):
+            raise SpecError("only plain function names can be called, e.g. exp(x)", loc)
+        keywords = []
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise SpecError("**keyword arguments are not supported", loc)
+            kw_loc = base.shifted(lead + kw.value.col_offset - len(kw.arg) - 1)
+            keywords.append((kw.arg, _convert(kw.value, base, lead), kw_loc))
+        for arg in node.args:
+            if isinstance(arg, ast.Starred):
+                raise SpecError("*arguments are not supported", loc)
+        return Call(loc, node.func.id, tuple(_convert(a, base, lead) for a in node.args), tuple(keywords))
+    what = type(node).__name__
+    if isinstance(node, ast.BinOp):
+        what = f"operator {type(node.op).__name__}"
+    elif isinstance(node, ast.Attribute):
+        what = "attribute access"
+    raise SpecError(f"unsupported syntax in expression: {what}", loc, "use + - * /, names, numbers and calls")

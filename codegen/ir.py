@@ -1,0 +1,543 @@
+"""Lower a validated spec to the IR: typed values over named axes.
+
+The IR knows what the kernel computes, not how it is tiled: every value
+carries the axes it varies over and its dtype; tensors know whether they are
+read, written or both; accumulators (declared, or synthesized for a
+contraction over a tiled axis that feeds an output) know the ordered axis
+they are carried across; every statement knows whether it runs on each step
+of that axis or once after the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from codegen import expr as ast
+from codegen.errors import Location, SpecError, did_you_mean
+from codegen.spec import DTYPES, Axis, Spec
+
+# name -> (jnp function, counts as a transcendental)
+UNARY_FUNCTIONS = {
+    "exp": True,
+    "log": True,
+    "sqrt": True,
+    "rsqrt": True,
+    "tanh": True,
+    "sigmoid": True,
+    "abs": False,
+}
+BINARY_FUNCTIONS = ("maximum", "minimum")
+REDUCTIONS = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}  # kind -> identity
+COMBINE = {"sum": "+", "dot": "+", "max": "maximum", "min": "minimum"}
+FUNCTIONS = (*UNARY_FUNCTIONS, *BINARY_FUNCTIONS, *REDUCTIONS, "dot", "cast", "extent")
+
+
+# --- values -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Value:
+    dims: tuple[str, ...]
+    dtype: str | None  # None: a weakly typed Python scalar
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Load(Value):
+    tensor: str
+
+
+@dataclass(frozen=True)
+class ParamRef(Value):
+    name: str
+
+
+@dataclass(frozen=True)
+class Literal(Value):
+    value: float | int
+
+
+@dataclass(frozen=True)
+class Extent(Value):
+    axis: str
+
+
+@dataclass(frozen=True)
+class AccRead(Value):
+    accumulator: str
+    updated: bool  # False: the state before this step's update
+
+
+@dataclass(frozen=True)
+class ValueRef(Value):
+    name: str
+
+
+@dataclass(frozen=True)
+class Elementwise(Value):
+    fn: str  # "+", "-", "*", "/", "neg", or a UNARY/BINARY function name
+    args: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class Cast(Value):
+    operand: Value
+
+
+@dataclass(frozen=True)
+class Reduce(Value):
+    kind: str  # "sum" | "max" | "min"
+    operand: Value
+    axis: str
+
+
+@dataclass(frozen=True)
+class Dot(Value):
+    lhs: Value
+    rhs: Value
+    axis: str
+
+
+def children(v: Value) -> tuple[Value, ...]:
+    if isinstance(v, Elementwise):
+        return v.args
+    if isinstance(v, (Cast, Reduce)):
+        return (v.operand,)
+    if isinstance(v, Dot):
+        return (v.lhs, v.rhs)
+    return ()
+
+
+def walk(v: Value):
+    yield v
+    for c in children(v):
+        yield from walk(c)
+
+
+# --- kernel -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    read: bool
+    written: bool
+    loc: Location
+
+    @property
+    def role(self) -> str:
+        if self.read and self.written:
+            return "inout"
+        return "output" if self.written else "input"
+
+
+@dataclass(frozen=True)
+class AccumulatorInfo:
+    name: str
+    over: str
+    dims: tuple[str, ...]
+    init: float
+    dtype: str
+    loc: Location
+    synthesized_from: str | None = None  # the statement whose contraction it accumulates
+
+
+@dataclass(frozen=True)
+class Statement:
+    name: str
+    value: Value
+    target: str  # "value" | "tensor" | "accumulator"
+    phase: str  # "step" | "final" | "neutral" (needs neither: placed by its consumers)
+    loc: Location
+
+
+@dataclass
+class KernelIR:
+    name: str
+    doc: str
+    spec: Spec
+    axes: dict[str, Axis]
+    params: dict[str, object]
+    tensors: dict[str, TensorInfo]
+    accumulators: dict[str, AccumulatorInfo]
+    statements: list[Statement]
+    ordered_axis: str | None
+    reduced_axes: set[str] = field(default_factory=set)
+    flops: dict[tuple[str, ...], int] = field(default_factory=dict)
+    transcendentals: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors.values() if t.read]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors.values() if t.written]
+
+
+# --- dtype rules --------------------------------------------------------------
+
+FLOATS = ("float32", "bfloat16", "float16")
+
+
+def promote(a: str | None, b: str | None) -> str | None:
+    if a is None or a == b:
+        return b
+    if b is None:
+        return a
+    if a in FLOATS and b in FLOATS:
+        return "float32"
+    if a in FLOATS:
+        return a
+    if b in FLOATS:
+        return b
+    return "int32"
+
+
+def as_float(dtype: str | None) -> str | None:
+    return dtype if dtype is None or dtype in FLOATS else "float32"
+
+
+def _union(*dim_lists: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for dims in dim_lists:
+        out.extend(d for d in dims if d not in out)
+    return tuple(out)
+
+
+# --- lowering -----------------------------------------------------------------
+
+class _Lowering:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.env: dict[str, Value] = {}
+        self.defined_at: dict[str, Location] = {}
+        self.used: set[str] = set()
+        self.tensor_reads: set[str] = set()
+        self.tensor_writes: dict[str, Location] = {}
+        self.updated: set[str] = set()
+        self.accumulators: dict[str, AccumulatorInfo] = {
+            a.name: AccumulatorInfo(
+                a.name, a.over, tuple(d.axis for d in a.dims), a.init, a.dtype, a.loc
+            )
+            for a in spec.accumulators.values()
+        }
+        self.statements: list[Statement] = []
+        self.pending_synth: list[Statement] = []
+        self.reduced: set[str] = set()
+        self.flops: dict[tuple[str, ...], int] = {}
+        self.transcendentals: dict[tuple[str, ...], int] = {}
+        for a in spec.accumulators.values():
+            if a.over in {d.axis for d in a.dims}:
+                raise SpecError(f"accumulator '{a.name}' cannot vary over '{a.over}', the axis it is carried across", a.over_loc)
+            if spec.axes[a.over].block is None:
+                raise SpecError(
+                    f"accumulator '{a.name}' is carried across axis '{a.over}', which has no block",
+                    a.over_loc,
+                    f"set axes.{a.over}.block so that '{a.over}' is walked in tiles",
+                )
+
+    def tiled(self, axis: str) -> bool:
+        return self.spec.axes[axis].block is not None
+
+    def count(self, table, dims, n=1):
+        key = tuple(sorted(dims))
+        table[key] = table.get(key, 0) + n
+
+    # -- expressions
+    def lower(self, e: ast.Expr, statement: str, writes_tensor: bool) -> Value:
+        if isinstance(e, ast.Const):
+            return Literal((), None, e.loc, e.value)
+        if isinstance(e, ast.Name):
+            return self.name(e)
+        if isinstance(e, ast.Unary):
+            x = self.lower(e.operand, statement, writes_tensor)
+            self.count(self.flops, x.dims)
+            return Elementwise(x.dims, x.dtype, e.loc, "neg", (x,))
+        if isinstance(e, ast.Binary):
+            a = self.lower(e.left, statement, writes_tensor)
+            b = self.lower(e.right, statement, writes_tensor)
+            dims = _union(a.dims, b.dims)
+            dtype = promote(a.dtype, b.dtype)
+            if e.op == "/":
+                dtype = as_float(dtype)
+            self.count(self.flops, dims)
+            return Elementwise(dims, dtype, e.loc, e.op, (a, b))
+        if isinstance(e, ast.Call):
+            return self.call(e, statement, writes_tensor)
+        raise AssertionError(e)
+
+    def name(self, e: ast.Name) -> Value:
+        n = e.id
+        spec = self.spec
+        if n in self.accumulators:
+            acc = self.accumulators[n]
+            self.used.add(n)
+            return AccRead(acc.dims, acc.dtype, e.loc, n, n in self.updated)
+        if n in self.env:
+            self.used.add(n)
+            return self.env[n]
+        if n in spec.tensors:
+            t = spec.tensors[n]
+            if n in self.tensor_writes:
+                raise SpecError(
+                    f"tensor '{n}' is read after it is written (line {self.tensor_writes[n].line})",
+                    e.loc,
+                    "read inputs before writing them, or name the new value",
+                )
+            self.tensor_reads.add(n)
+            return Load(t.axes, t.dtype, e.loc, n)
+        if n in spec.params:
+            value = spec.params[n].value
+            if isinstance(value, (bool, str)):
+                raise SpecError(f"param '{n}' is {value!r}, not a number", e.loc)
+            return ParamRef((), None, e.loc, n)
+        if n in spec.axes:
+            raise SpecError(f"axis '{n}' used as a value", e.loc, f"use extent({n}) for its size")
+        if n in ("inf",):
+            return Literal((), None, e.loc, float("inf"))
+        known = [*self.env, *spec.tensors, *spec.params, *self.accumulators]
+        later = [s.name for s in spec.compute]
+        if n in later:
+            raise SpecError(f"'{n}' is used before it is computed", e.loc, "statements run in order")
+        raise SpecError(f"undefined name '{n}'", e.loc, did_you_mean(n, known))
+
+    def axis_arg(self, e: ast.Call, operand_dims: tuple[str, ...], *operands) -> str:
+        kws = {k: (v, loc) for k, v, loc in e.keywords}
+        unknown = [k for k in kws if k != "over"]
+        if unknown:
+            raise SpecError(f"{e.func}() takes no keyword '{unknown[0]}'", kws[unknown[0]][1], "use over=AXIS")
+        if "over" not in kws:
+            raise SpecError(f"{e.func}() needs over=AXIS", e.loc)
+        node, loc = kws["over"]
+        if not isinstance(node, ast.Name) or node.id not in self.spec.axes:
+            name = node.id if isinstance(node, ast.Name) else "?"
+            raise SpecError(f"over= must name an axis, got '{name}'", node.loc, did_you_mean(name, self.spec.axes))
+        for dims, what in operands:
+            if node.id not in dims:
+                raise SpecError(
+                    f"{e.func}() over '{node.id}', but {what} has dims [{', '.join(dims)}]", node.loc
+                )
+        return node.id
+
+    def call(self, e: ast.Call, statement: str, writes_tensor: bool) -> Value:
+        f = e.func
+        if f not in FUNCTIONS:
+            raise SpecError(f"unknown function '{f}'", e.loc, did_you_mean(f, FUNCTIONS) or f"functions: {', '.join(FUNCTIONS)}")
+
+        def want(n: int):
+            if len(e.args) != n:
+                raise SpecError(f"{f}() takes {n} positional argument{'s' if n > 1 else ''}, got {len(e.args)}", e.loc)
+
+        if f == "extent":
+            want(1)
+            arg = e.args[0]
+            if not isinstance(arg, ast.Name) or arg.id not in self.spec.axes:
+                raise SpecError("extent() takes an axis name", arg.loc)
+            return Extent((), None, e.loc, arg.id)
+        if f == "cast":
+            want(2)
+            x = self.lower(e.args[0], statement, writes_tensor)
+            d = e.args[1]
+            if not isinstance(d, ast.Name) or d.id not in DTYPES:
+                name = d.id if isinstance(d, ast.Name) else "?"
+                raise SpecError(f"cast() needs a dtype, got '{name}'", d.loc, did_you_mean(name, DTYPES) or f"one of: {', '.join(DTYPES)}")
+            return Cast(x.dims, d.id, e.loc, x)
+        if e.keywords and f not in (*REDUCTIONS, "dot"):
+            raise SpecError(f"{f}() takes no keyword arguments", e.keywords[0][2])
+        if f in UNARY_FUNCTIONS:
+            want(1)
+            x = self.lower(e.args[0], statement, writes_tensor)
+            self.count(self.transcendentals if UNARY_FUNCTIONS[f] else self.flops, x.dims)
+            return Elementwise(x.dims, as_float(x.dtype), e.loc, f, (x,))
+        if f in BINARY_FUNCTIONS:
+            want(2)
+            a = self.lower(e.args[0], statement, writes_tensor)
+            b = self.lower(e.args[1], statement, writes_tensor)
+            dims = _union(a.dims, b.dims)
+            self.count(self.flops, dims)
+            return Elementwise(dims, promote(a.dtype, b.dtype), e.loc, f, (a, b))
+        if f in REDUCTIONS:
+            want(1)
+            x = self.lower(e.args[0], statement, writes_tensor)
+            axis = self.axis_arg(e, x.dims, (x.dims, "its operand"))
+            self.count(self.flops, x.dims)
+            self.reduced.add(axis)
+            v = Reduce(tuple(d for d in x.dims if d != axis), x.dtype, e.loc, f, x, axis)
+            return self.maybe_accumulate(v, f, statement, writes_tensor)
+        if f == "dot":
+            want(2)
+            a = self.lower(e.args[0], statement, writes_tensor)
+            b = self.lower(e.args[1], statement, writes_tensor)
+            axis = self.axis_arg(e, a.dims, (a.dims, "the left operand"), (b.dims, "the right operand"))
+            for x, what in ((a, "left"), (b, "right")):
+                if x.dtype is None:
+                    raise SpecError(f"the {what} operand of dot() must be a tensor value, not a scalar", x.loc)
+            dims = _union(tuple(d for d in a.dims if d != axis), tuple(d for d in b.dims if d != axis))
+            self.count(self.flops, (*dims, axis), 2)
+            self.reduced.add(axis)
+            dtype = "int32" if a.dtype not in FLOATS and b.dtype not in FLOATS else "float32"
+            v = Dot(dims, dtype, e.loc, a, b, axis)
+            return self.maybe_accumulate(v, "dot", statement, writes_tensor)
+        raise AssertionError(f)
+
+    def maybe_accumulate(self, v: Reduce | Dot, kind: str, statement: str, writes_tensor: bool) -> Value:
+        """A reduction over a tiled axis that feeds an output becomes an accumulator."""
+        axis = v.axis
+        if not self.tiled(axis):
+            return v
+        explicitly_ordered = any(a.over == axis for a in self.accumulators.values() if a.synthesized_from is None)
+        if not writes_tensor:
+            if explicitly_ordered:
+                return v  # a per-tile partial result, combined by a declared accumulator
+            raise SpecError(
+                f"{kind}() over '{axis}', which is tiled (axes.{axis}.block), must feed an accumulator",
+                v.loc,
+                f"write it straight to an output tensor, or declare accumulators over '{axis}'",
+            )
+        base = f"{statement}_acc"
+        name, n = base, 2
+        while name in self.accumulators or name in self.spec.tensors or name in self.spec.params or any(s.name == name for s in self.spec.compute):
+            name, n = f"{base}{n}", n + 1
+        dtype = "float32" if (v.dtype in FLOATS) else "int32"
+        acc = AccumulatorInfo(name, axis, v.dims, REDUCTIONS.get(kind, 0.0), dtype, v.loc, synthesized_from=statement)
+        self.accumulators[name] = acc
+        previous = AccRead(v.dims, dtype, v.loc, name, False)
+        update = Elementwise(v.dims, dtype, v.loc, COMBINE[kind], (previous, v))
+        self.pending_synth.append(Statement(name, update, "accumulator", "step", v.loc))
+        self.updated.add(name)
+        self.used.add(name)
+        return AccRead(v.dims, dtype, v.loc, name, True)
+
+    # -- statements
+    def run(self) -> KernelIR:
+        spec = self.spec
+        for st in spec.compute:
+            parsed = ast.parse_expression(st.text, st.text_loc)
+            writes_tensor = st.name in spec.tensors
+            value = self.lower(parsed, st.name, writes_tensor)
+            self.statements.extend(self.pending_synth)
+            self.pending_synth = []
+            if writes_tensor:
+                t = spec.tensors[st.name]
+                if set(value.dims) != set(t.axes):
+                    raise SpecError(
+                        f"tensor '{t.name}' has dims [{', '.join(t.axes)}] but its value has dims [{', '.join(value.dims)}]",
+                        st.text_loc,
+                    )
+                if value.dtype is None:
+                    raise SpecError(f"tensor '{t.name}' is assigned a scalar", st.text_loc)
+                self.tensor_writes[t.name] = st.loc
+                self.statements.append(Statement(st.name, value, "tensor", "step", st.loc))
+            elif st.name in self.accumulators:
+                acc = self.accumulators[st.name]
+                if set(value.dims) != set(acc.dims):
+                    raise SpecError(
+                        f"accumulator '{acc.name}' has dims [{', '.join(acc.dims)}] but its update has dims [{', '.join(value.dims)}]",
+                        st.text_loc,
+                    )
+                self.updated.add(acc.name)
+                self.statements.append(Statement(st.name, value, "accumulator", "step", st.loc))
+            else:
+                if st.name in self.env:
+                    raise SpecError(f"'{st.name}' is assigned twice", st.loc)
+                self.statements.append(Statement(st.name, value, "value", "step", st.loc))
+                self.env[st.name] = ValueRef(value.dims, value.dtype, st.loc, st.name)
+                self.defined_at[st.name] = st.loc
+
+        for name, loc in self.defined_at.items():
+            if name not in self.used and name not in self.accumulators:
+                raise SpecError(f"'{name}' is computed but never used", loc)
+        for acc in self.accumulators.values():
+            if acc.name not in self.updated:
+                raise SpecError(f"accumulator '{acc.name}' is never updated", acc.loc, f"add a compute statement '{acc.name}: ...'")
+        for t in spec.tensors.values():
+            if t.name not in self.tensor_reads and t.name not in self.tensor_writes:
+                raise SpecError(f"tensor '{t.name}' is neither read nor written", t.loc)
+        if not self.tensor_writes:
+            raise SpecError("compute writes no tensor", spec.compute[0].loc, "assign to a tensor name to produce an output")
+
+        overs = {}
+        for acc in self.accumulators.values():
+            overs.setdefault(acc.over, acc)
+        if len(overs) > 1:
+            first, second = list(overs.values())[:2]
+            raise SpecError(
+                f"accumulators are carried across both '{first.over}' and '{second.over}'; one ordered axis is supported",
+                second.loc,
+            )
+        ordered = next(iter(overs), None)
+        statements = _assign_phases(self.statements, ordered, spec)
+        tensors = {
+            t.name: TensorInfo(t.name, t.axes, t.dtype, t.name in self.tensor_reads, t.name in self.tensor_writes, t.loc)
+            for t in spec.tensors.values()
+        }
+        return KernelIR(
+            name=spec.name,
+            doc=spec.doc,
+            spec=spec,
+            axes=spec.axes,
+            params={p.name: p.value for p in spec.params.values()},
+            tensors=tensors,
+            accumulators=self.accumulators,
+            statements=statements,
+            ordered_axis=ordered,
+            reduced_axes=self.reduced,
+            flops=self.flops,
+            transcendentals=self.transcendentals,
+        )
+
+
+def _assign_phases(statements: list[Statement], ordered: str | None, spec: Spec) -> list[Statement]:
+    """Split statements into per-step work and work done once after the last step."""
+    if ordered is None:
+        return statements
+    phase: dict[str, str] = {}
+    last_update: dict[str, int] = {}
+    for i, st in enumerate(statements):
+        if st.target == "accumulator":
+            last_update[st.name] = i
+    out = []
+    for i, st in enumerate(statements):
+        kind = "neutral"
+        if st.target == "accumulator":
+            kind = "step"
+        for v in walk(st.value):
+            if isinstance(v, Load) and ordered in v.dims:
+                kind = "step"
+            elif isinstance(v, AccRead):
+                if not v.updated:
+                    kind = "step"
+                elif kind == "neutral":
+                    kind = "final"
+            elif isinstance(v, ValueRef):
+                dep = phase.get(v.name, "neutral")
+                if dep == "step":
+                    kind = "step"
+                elif dep == "final" and kind == "neutral":
+                    kind = "final"
+        if kind == "final":
+            for v in walk(st.value):
+                if isinstance(v, AccRead) and last_update.get(v.accumulator, -1) > i:
+                    raise SpecError(
+                        f"'{st.name}' reads accumulator '{v.accumulator}' before its last update",
+                        v.loc,
+                    )
+        if st.target == "tensor" and kind == "step":
+            raise SpecError(
+                f"tensor '{st.name}' would be written on every step of ordered axis '{ordered}'",
+                st.loc,
+                "an output of a kernel with accumulators must be computed from their final values",
+            )
+        phase[st.name] = kind
+        out.append(st)
+    # A neutral value (constants, loads invariant to the ordered axis) is
+    # computed in whichever phase consumes it; an output always is final.
+    return [
+        Statement(st.name, st.value, st.target, "final" if st.target == "tensor" else phase[st.name], st.loc)
+        for st in out
+    ]
+
+
+def lower(spec: Spec) -> KernelIR:
+    return _Lowering(spec).run()

@@ -1,0 +1,362 @@
+"""Plan a kernel: grid, blocks, memory spaces, layouts and the VMEM budget.
+
+Every decision is data, with the reason it was made, so that `codegen plan`
+can show it and tests can assert it. The plan is generic: it looks at axes,
+tensors and accumulators, never at what the kernel is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from codegen import ir
+from codegen.chips import CHIPS, ITEMSIZE, LANES, MiB, Chip, sublane_tile
+from codegen.errors import SpecError, did_you_mean
+from codegen.rules import RULE_NAMES, RULES, Decision
+
+ASSUMED_EXTENT = 512  # for full-extent axes without `max`, in the VMEM estimate only
+
+
+@dataclass
+class AxisPlan:
+    name: str
+    mode: str  # "tiled" (grid over blocks), "squeezed" (grid over single indices), "full" (whole extent in-block)
+    semantics: str | None  # "parallel" | "arbitrary" for grid axes
+    block: int | None  # default block size for tiled axes
+    alignment: int  # a block of this axis must be a multiple of this (or the full extent)
+    reason: str
+
+
+@dataclass
+class Operand:
+    tensor: str
+    ref: str  # kernel parameter name
+    memory: str  # "blocked" (VMEM blocks via BlockSpec) | "any" (left in HBM, not copied)
+    buffers: int = 2
+    alias_output: int | None = None  # index into outputs, for aliased inputs
+
+
+# A kernel-local value's layout: one slot per array dim, each the axis it
+# runs along and whether it is a kept size-1 dim (a reduced axis).
+Slot = tuple[str, bool]
+Layout = tuple[Slot, ...]
+
+
+@dataclass
+class VmemEstimate:
+    items: list[tuple[str, int]]  # (what, bytes)
+    assumed: list[str]  # axes whose extent was assumed
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.items)
+
+
+@dataclass
+class Plan:
+    ir: ir.KernelIR
+    chip: Chip
+    axes: dict[str, AxisPlan]
+    grid: list[str]
+    inputs: list[Operand]
+    outputs: list[Operand]
+    rules_enabled: dict[str, bool]
+    decisions: list[Decision] = field(default_factory=list)
+    layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
+    statement_layouts: dict[str, Layout] = field(default_factory=dict)
+    accumulator_layouts: dict[str, Layout] = field(default_factory=dict)
+    vmem: VmemEstimate | None = None
+    vmem_limit: int | None = None
+
+    # -- used by rules
+    def donate_output(self, tensor: str) -> None:
+        """Pass an output-only tensor in as well, left in HBM and aliased to its output."""
+        index = next(i for i, o in enumerate(self.outputs) if o.tensor == tensor)
+        self.outputs[index].ref = f"{tensor}_out_ref"
+        self.inputs.append(Operand(tensor, f"{tensor}_ref", "any", alias_output=index))
+
+    # -- queries
+    def block_dims(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        """The dims of `dims` that a kernel block holds (squeezed grid axes drop out)."""
+        return tuple(d for d in dims if self.axes[d].mode != "squeezed")
+
+    @property
+    def aliases(self) -> dict[int, int]:
+        return {i: op.alias_output for i, op in enumerate(self.inputs) if op.alias_output is not None}
+
+    def grid_position(self, axis: str) -> int:
+        return self.grid.index(axis)
+
+    def layout(self, value: ir.Value) -> Layout:
+        return self.layouts[id(value)]
+
+
+class LayoutError(Exception):
+    pass
+
+
+def _align(a: Layout | None, b: Layout | None) -> Layout | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if not a:
+        return b
+    if not b:
+        return a
+    if len(a) != len(b):
+        raise LayoutError
+    out = []
+    for (xa, sa), (xb, sb) in zip(a, b):
+        if sa:
+            out.append((xb, sb))
+        elif sb or xa == xb:
+            out.append((xa, sa))
+        else:
+            raise LayoutError
+    return tuple(out)
+
+
+def _fmt(layout: Layout | None) -> str:
+    if layout is None:
+        return "[?]"
+    return "[" + ", ".join(f"{x}:1" if one else x for x, one in layout) + "]"
+
+
+class _Layouts:
+    """Kernel-local layouts of every IR value, in keepdims style."""
+
+    def __init__(self, plan: Plan, accumulators: dict[str, Layout | None]):
+        self.plan = plan
+        self.acc = accumulators
+        self.statements: dict[str, Layout] = {}
+        self.values: dict[int, Layout] = {}
+
+    def of(self, v: ir.Value) -> Layout | None:
+        out = self._of(v)
+        if out is not None:
+            self.values[id(v)] = out
+        return out
+
+    def _of(self, v: ir.Value) -> Layout | None:
+        p = self.plan
+        if isinstance(v, ir.Load):
+            return tuple((d, False) for d in p.block_dims(p.ir.tensors[v.tensor].dims))
+        if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent)):
+            return ()
+        if isinstance(v, ir.AccRead):
+            return self.acc[v.accumulator]
+        if isinstance(v, ir.ValueRef):
+            return self.statements.get(v.name)
+        if isinstance(v, ir.Elementwise):
+            layouts = [self.of(a) for a in v.args]
+            known = [lay for lay in layouts if lay is not None]
+            if len(known) < len(layouts) and all(lay == () for lay in known):
+                return None  # only an open accumulator gives this value its shape
+            out: Layout = ()
+            try:
+                for lay in known:
+                    out = _align(out, lay)
+            except LayoutError:
+                raise SpecError(
+                    f"cannot line up operands with dims {' and '.join(_fmt(lay) for lay in layouts)}",
+                    v.loc,
+                    "operands must list shared axes in the same order",
+                ) from None
+            return out
+        if isinstance(v, ir.Cast):
+            return self.of(v.operand)
+        if isinstance(v, ir.Reduce):
+            x = self.of(v.operand)
+            if x is None:
+                return None
+            return tuple((d, True) if d == v.axis else (d, one) for d, one in x)
+        if isinstance(v, ir.Dot):
+            a, b = self.of(v.lhs), self.of(v.rhs)
+            if a is None or b is None:
+                return None
+            a_axes = [d for d, one in a if not one]
+            b_axes = [d for d, one in b if not one]
+            batch = [d for d in a_axes if d in b_axes and d != v.axis]
+            a_free = [s for s in a if s[0] != v.axis and s[0] not in batch]
+            b_free = [s for s in b if s[0] != v.axis and s[0] not in batch]
+            return tuple([(d, False) for d in batch] + a_free + b_free)
+        raise AssertionError(v)
+
+    def run(self) -> None:
+        for st in self.plan.ir.statements:
+            lay = self.of(st.value)
+            self.statements[st.name] = lay
+            if st.target == "accumulator":
+                try:
+                    self.acc[st.name] = _align(self.acc.get(st.name), lay)
+                except LayoutError:
+                    raise SpecError(
+                        f"the update of '{st.name}' has dims {_fmt(lay)}, not {_fmt(self.acc[st.name])}", st.loc
+                    ) from None
+
+
+def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:
+    last_two: dict[str, list[tuple[str, int]]] = {}
+    for t in k.tensors.values():
+        for pos, d in enumerate(t.dims[-2:]):
+            need = LANES if pos == len(t.dims[-2:]) - 1 else sublane_tile(t.dtype)
+            last_two.setdefault(d, []).append((t.name, need))
+    plans = {}
+    for name, axis in k.axes.items():
+        align = math.lcm(*[n for _, n in last_two.get(name, [])]) if name in last_two else 1
+        if name == k.ordered_axis:
+            plans[name] = AxisPlan(name, "tiled", "arbitrary", axis.block, align,
+                                   "ordered: accumulators are carried across it, so it is the last grid axis, 'arbitrary'")
+        elif axis.block is not None:
+            plans[name] = AxisPlan(name, "tiled", "parallel", axis.block, align,
+                                   "tiled (block given); blocks are independent, 'parallel'")
+        elif name in k.reduced_axes:
+            plans[name] = AxisPlan(name, "full", None, None, 1, "reduced over inside a block: whole extent in VMEM")
+        elif name in last_two:
+            plans[name] = AxisPlan(name, "full", None, None, 1,
+                                   f"in the last two dims of {', '.join(sorted({t for t, _ in last_two[name]}))} without a block: whole extent")
+        else:
+            plans[name] = AxisPlan(name, "squeezed", "parallel", None, 1,
+                                   "a major dim without a block: one grid step per index, squeezed from the block")
+    return plans
+
+
+def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
+    for t in k.tensors.values():
+        tail = t.dims[-2:]
+        for pos, d in enumerate(tail):
+            a = axes[d]
+            if a.mode != "tiled":
+                continue
+            lane = pos == len(tail) - 1
+            need = LANES if lane else sublane_tile(t.dtype)
+            if a.block % need:
+                where = "last (lane)" if lane else "second-to-last (sublane)"
+                raise SpecError(
+                    f"block {a.block} of axis '{d}' breaks TPU tiling: it is the {where} dim of "
+                    f"'{t.name}' ({t.dtype}), so its block must be a multiple of {need}",
+                    k.axes[d].block_loc,
+                    f"use a multiple of {need}, or drop the block to keep the whole extent",
+                )
+
+
+def _padded_bytes(shape: list[int], dtype: str) -> int:
+    if not shape:
+        return ITEMSIZE[dtype]
+    shape = list(shape)
+    shape[-1] = -(-shape[-1] // LANES) * LANES
+    if len(shape) >= 2:
+        sub = sublane_tile(dtype)
+        shape[-2] = -(-shape[-2] // sub) * sub
+    return math.prod(shape) * ITEMSIZE[dtype]
+
+
+def _estimate_vmem(plan: Plan) -> VmemEstimate:
+    k = plan.ir
+    assumed = []
+
+    def extent(axis: str) -> int:
+        a = plan.axes[axis]
+        if a.mode == "tiled":
+            return a.block
+        if k.axes[axis].max is not None:
+            return k.axes[axis].max
+        if axis not in assumed:
+            assumed.append(axis)
+        return ASSUMED_EXTENT
+
+    def layout_shape(layout: Layout) -> list[int]:
+        return [1 if one else extent(d) for d, one in layout]
+
+    items = []
+    for op in plan.inputs + plan.outputs:
+        if op.memory != "blocked":
+            continue
+        t = k.tensors[op.tensor]
+        shape = [extent(d) for d in plan.block_dims(t.dims)]
+        kind = "in" if op in plan.inputs else "out"
+        items.append((f"{kind} {op.tensor} block x{op.buffers}", op.buffers * _padded_bytes(shape, t.dtype)))
+    for name, lay in plan.accumulator_layouts.items():
+        acc = k.accumulators[name]
+        items.append((f"scratch {name}", _padded_bytes(layout_shape(lay), acc.dtype)))
+    values = 0
+    for st in k.statements:
+        if st.target == "tensor":
+            continue
+        lay = plan.statement_layouts[st.name]
+        dtype = st.value.dtype or "float32"
+        values += _padded_bytes(layout_shape(lay), dtype) if lay else 0
+    if values:
+        items.append(("kernel values (upper bound)", values))
+    return VmemEstimate(items, assumed)
+
+
+def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
+    spec = k.spec
+    for name, switch in spec.rules.items():
+        if name not in RULE_NAMES:
+            raise SpecError(f"unknown rule '{name}'", switch.loc, did_you_mean(name, RULE_NAMES) or f"rules: {', '.join(RULE_NAMES)}")
+    if chip not in CHIPS:
+        raise SpecError(f"unknown chip '{chip}'", None, f"one of: {', '.join(CHIPS)}")
+    enabled = {r.name: spec.rules[r.name].enabled if r.name in spec.rules else True for r in RULES}
+
+    axes = _classify_axes(k)
+    _check_tiling(k, axes)
+    grid = [a for a in k.axes if axes[a].mode in ("tiled", "squeezed") and a != k.ordered_axis]
+    if k.ordered_axis:
+        grid.append(k.ordered_axis)
+
+    inputs = [Operand(t.name, f"{t.name}_ref", "blocked") for t in k.inputs]
+    outputs = []
+    for t in k.outputs:
+        ref = f"{t.name}_out_ref" if t.read else f"{t.name}_ref"
+        outputs.append(Operand(t.name, ref, "blocked"))
+        if t.read:
+            index = next(i for i, op in enumerate(inputs) if op.tensor == t.name)
+            inputs[index].alias_output = len(outputs) - 1
+
+    plan = Plan(k, CHIPS[chip], axes, grid, inputs, outputs, enabled)
+    for rule in RULES:
+        plan.decisions.extend(rule.apply(plan, enabled[rule.name]))
+
+    # Layouts: accumulators take the layout of their update; a first pass
+    # leaves them open, a second checks everything against the result.
+    first = _Layouts(plan, {name: None for name in k.accumulators})
+    first.run()
+    second = _Layouts(plan, dict(first.acc))
+    second.run()
+    for name, lay in second.acc.items():
+        acc = k.accumulators[name]
+        if lay is None:
+            raise SpecError(f"cannot infer the layout of accumulator '{name}'", acc.loc)
+        held = sorted(d for d, one in lay if not one)
+        if held != sorted(plan.block_dims(acc.dims)):
+            raise SpecError(
+                f"accumulator '{name}' is declared over [{', '.join(acc.dims)}] but its update runs over {_fmt(lay)}",
+                acc.loc,
+            )
+    for st in k.statements:
+        if st.target == "tensor":
+            want = [d for d in plan.block_dims(k.tensors[st.name].dims)]
+            got = [d for d, one in second.statements[st.name] if not one]
+            if sorted(want) != sorted(got) or any(one for _, one in second.statements[st.name]):
+                raise SpecError(f"the value written to '{st.name}' has layout {_fmt(second.statements[st.name])}, not [{', '.join(want)}]", st.loc)
+    plan.layouts = second.values
+    plan.statement_layouts = second.statements
+    plan.accumulator_layouts = {name: second.acc[name] for name in k.accumulators}
+
+    plan.vmem = _estimate_vmem(plan)
+    total = plan.vmem.total
+    if total > plan.chip.vmem_bytes:
+        tiled = [a for a in k.axes.values() if a.block_loc is not None]
+        loc = max(tiled, key=lambda a: a.block).block_loc if tiled else spec.name_loc
+        raise SpecError(
+            f"the plan needs {total / MiB:.1f} MiB of VMEM, over the {plan.chip.vmem_bytes // MiB} MiB of a {plan.chip.name} TensorCore",
+            loc,
+            "use smaller blocks (run `codegen plan` for the breakdown)",
+        )
+    if total > plan.chip.scoped_vmem_default:
+        plan.vmem_limit = min(plan.chip.vmem_bytes, -(-int(total * 1.25) // MiB) * MiB)
+    return plan

@@ -1,0 +1,84 @@
+"""The planner's optimization rules, each a named unit that can be switched off.
+
+A rule looks at the draft plan, changes it where it applies, and says what it
+did (or why it did nothing) in a `Decision` that `codegen plan` prints. A spec
+turns a rule off with `rules: {NAME: off}`, so its effect can be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from codegen.plan import Plan
+
+
+@dataclass(frozen=True)
+class Decision:
+    rule: str
+    subject: str
+    applied: bool
+    reason: str
+
+
+class Rule:
+    name: str = ""
+    seed: str = ""
+    summary: str = ""
+
+    def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
+        raise NotImplementedError
+
+
+class OutputOnly(Rule):
+    name = "output_only"
+    seed = "seed 002 (Helion #1849)"
+    summary = "a tensor written but never read is not a pallas_call input"
+
+    def apply(self, plan, enabled):
+        decisions = []
+        for t in plan.ir.outputs:
+            if t.read:
+                decisions.append(Decision(self.name, t.name, False, f"'{t.name}' is read and written: it stays an input, aliased to its output"))
+                continue
+            if enabled:
+                decisions.append(Decision(self.name, t.name, True, f"'{t.name}' is written but never read: output only (out_shape), no input, no alias"))
+            else:
+                plan.donate_output(t.name)
+                decisions.append(Decision(self.name, t.name, False, f"rule off: '{t.name}' is allocated, passed as an input in HBM and aliased to its output"))
+        return decisions
+
+
+class InvariantLoad(Rule):
+    name = "invariant_load"
+    seed = "seed 000 (Helion #2397)"
+    summary = "an input that does not vary over the ordered loop is read in-loop from its resident block, not pipelined"
+
+    def apply(self, plan, enabled):
+        ordered = plan.ir.ordered_axis
+        decisions = []
+        for op in plan.inputs:
+            if op.memory != "blocked":
+                continue
+            if ordered is None:
+                decisions.append(Decision(self.name, op.tensor, False, "no ordered axis: every grid step may need a new block"))
+                continue
+            dims = plan.ir.tensors[op.tensor].dims
+            if ordered in dims:
+                decisions.append(Decision(self.name, op.tensor, False, f"'{op.tensor}' varies over ordered axis '{ordered}': pipelined, double-buffered"))
+                continue
+            if enabled:
+                op.buffers = 1
+                decisions.append(Decision(
+                    self.name, op.tensor, True,
+                    f"'{op.tensor}' [{', '.join(dims)}] shares no axis with the '{ordered}' loop: one resident buffer, "
+                    f"read in-loop, no prefetch across '{ordered}' steps",
+                ))
+            else:
+                decisions.append(Decision(self.name, op.tensor, False, f"rule off: '{op.tensor}' is double-buffered although its block is the same on every '{ordered}' step"))
+        return decisions
+
+
+RULES: tuple[Rule, ...] = (OutputOnly(), InvariantLoad())
+RULE_NAMES = tuple(r.name for r in RULES)

@@ -1,0 +1,482 @@
+"""Load and validate a kernel spec into typed, located dataclasses.
+
+The accepted shape of a spec is declared once, in `SCHEMA`; validation and
+`codegen schema` (JSON Schema for editors) both read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import keyword
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from codegen.errors import Location, SpecError, did_you_mean
+from codegen.source import Node, load_yaml
+
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
+# Names the generated module itself uses at module or kernel scope.
+RESERVED = frozenset(
+    {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid"}
+) | frozenset(dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins")))
+
+
+# --- the schema -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "identifier", "string", "int", "number", "scalar", "dtype", "bool", "axis_list"
+    doc: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping from user-chosen names to entries of one shape."""
+
+    doc: str
+    entry: dict[str, Field] | Field
+
+
+AXIS_FIELDS = {
+    "block": Field("int", "Tile size along this axis; the axis becomes a grid dimension."),
+    "max": Field("int", "Largest extent expected; sizes the VMEM estimate of full-extent axes."),
+}
+TENSOR_FIELDS = {
+    "dims": Field("axis_list", "Axis names, major to minor.", required=True),
+    "dtype": Field("dtype", "Element type.", required=True),
+}
+ACCUMULATOR_FIELDS = {
+    "over": Field("identifier", "The ordered axis this state is carried across.", required=True),
+    "dims": Field("axis_list", "Axes the state varies over.", required=True),
+    "init": Field("number", "Initial value (-.inf and .inf allowed).", required=True),
+    "dtype": Field("dtype", "Element type of the state (default float32)."),
+}
+SCHEMA: dict[str, Field | Section] = {
+    "name": Field("identifier", "Kernel name: the entry point and the output file name.", True),
+    "doc": Field("string", "One paragraph describing the kernel; becomes the docstring."),
+    "params": Section("Build-time constants, overridable with -D NAME=VALUE.", Field("scalar", "")),
+    "axes": Section("Named dimensions; sizes come from input shapes.", AXIS_FIELDS),
+    "tensors": Section("Kernel operands in entry-point order.", TENSOR_FIELDS),
+    "accumulators": Section("State carried across an ordered axis.", ACCUMULATOR_FIELDS),
+    "compute": Section(
+        "Statements in order: NAME: expression. A tensor name as NAME writes that tensor.",
+        Field("string", ""),
+    ),
+    "rules": Section("Planner rules switched on or off by name.", Field("bool", "")),
+}
+REQUIRED_SECTIONS = ("axes", "tensors", "compute")
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema, derived from `SCHEMA`."""
+
+    def field_schema(f: Field) -> dict:
+        base = {
+            "identifier": {"type": "string", "pattern": IDENTIFIER.pattern},
+            "string": {"type": "string"},
+            "int": {"type": "integer", "minimum": 1},
+            "number": {"type": "number"},
+            "scalar": {"type": ["number", "boolean", "string"]},
+            "dtype": {"enum": list(DTYPES)},
+            "bool": {"type": "boolean"},
+            "axis_list": {"type": "array", "items": {"type": "string", "pattern": IDENTIFIER.pattern}},
+        }[f.kind]
+        return {**base, "description": f.doc} if f.doc else base
+
+    def entry_schema(entry) -> dict:
+        if isinstance(entry, Field):
+            return field_schema(entry)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: field_schema(f) for k, f in entry.items()},
+            "required": [k for k, f in entry.items() if f.required],
+        }
+
+    properties = {}
+    for key, item in SCHEMA.items():
+        if isinstance(item, Field):
+            properties[key] = field_schema(item)
+        else:
+            properties[key] = {
+                "type": "object",
+                "description": item.doc,
+                "propertyNames": {"pattern": IDENTIFIER.pattern},
+                "additionalProperties": entry_schema(item.entry),
+            }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "tpu-codegen kernel spec",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "required": ["name", *REQUIRED_SECTIONS],
+    }
+
+
+# --- the typed spec ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    value: float | int | bool | str
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    block: int | None
+    max: int | None
+    loc: Location
+    block_loc: Location | None = None
+
+
+@dataclass(frozen=True)
+class Dim:
+    axis: str
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dims: tuple[Dim, ...]
+    dtype: str
+    loc: Location
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return tuple(d.axis for d in self.dims)
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    name: str
+    over: str
+    over_loc: Location
+    dims: tuple[Dim, ...]
+    init: float
+    dtype: str
+    loc: Location
+
+
+@dataclass(frozen=True)
+class Statement:
+    name: str
+    text: str
+    loc: Location  # of the name
+    text_loc: Location  # of the first character of the expression text
+
+
+@dataclass(frozen=True)
+class RuleSwitch:
+    name: str
+    enabled: bool
+    loc: Location
+
+
+@dataclass
+class Spec:
+    name: str
+    doc: str
+    params: dict[str, Param]
+    axes: dict[str, Axis]
+    tensors: dict[str, Tensor]
+    accumulators: dict[str, Accumulator]
+    compute: list[Statement]
+    rules: dict[str, RuleSwitch]
+    file: str  # as shown in messages and in the generated header
+    sha256: str
+    name_loc: Location
+    overrides: dict[str, object] = field(default_factory=dict)
+
+
+# --- validation -------------------------------------------------------------
+
+def _expect_mapping(node: Node, what: str) -> dict[str, Node]:
+    if not isinstance(node.value, dict):
+        raise SpecError(f"{what} must be a mapping", node.loc)
+    return node.value
+
+
+def _check_keys(node: Node, allowed, what: str) -> None:
+    for key, loc in node.key_locs.items():
+        if key not in allowed:
+            raise SpecError(
+                f"unknown key '{key}' in {what}",
+                loc,
+                did_you_mean(key, allowed) or f"allowed keys: {', '.join(sorted(allowed))}",
+            )
+
+
+def _identifier(node: Node | str, loc: Location, what: str) -> str:
+    text = node.value if isinstance(node, Node) else node
+    if not isinstance(text, str) or not IDENTIFIER.match(text):
+        raise SpecError(
+            f"{what} {text!r} is not a valid name",
+            loc,
+            "names are lower-case letters, digits and underscores, starting with a letter",
+        )
+    if keyword.iskeyword(text) or text in RESERVED:
+        raise SpecError(f"{what} '{text}' is reserved in generated code", loc, "choose another name")
+    return text
+
+
+def _scalar_field(node: Node, f: Field, what: str):
+    value = node.value
+    if f.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"{what} must be a positive integer, got {value!r}", node.loc)
+        return value
+    if f.kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{what} must be a number, got {value!r}", node.loc)
+        return float(value)
+    if f.kind == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(f"{what} must be true or false (or on/off), got {value!r}", node.loc)
+        return value
+    if f.kind == "dtype":
+        if value not in DTYPES:
+            raise SpecError(
+                f"{what} {value!r} is not a supported dtype",
+                node.loc,
+                did_you_mean(str(value), DTYPES) or f"one of: {', '.join(DTYPES)}",
+            )
+        return value
+    if f.kind == "string":
+        if not isinstance(value, str):
+            raise SpecError(f"{what} must be a string", node.loc)
+        return value
+    if f.kind == "identifier":
+        return _identifier(node, node.loc, what)
+    raise AssertionError(f.kind)
+
+
+def _dims(node: Node, what: str) -> tuple[Dim, ...]:
+    if not isinstance(node.value, list):
+        raise SpecError(f"{what} must be a list of axis names, e.g. [m, n]", node.loc)
+    return tuple(Dim(_identifier(item, item.loc, "axis"), item.loc) for item in node.value)
+
+
+def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]:
+    if node.value is None:
+        node = Node({}, node.loc, key_locs={})
+    _expect_mapping(node, what)
+    _check_keys(node, fields, what)
+    out: dict[str, object] = {}
+    for key, f in fields.items():
+        if key not in node.value:
+            if f.required:
+                raise SpecError(f"{what} is missing required key '{key}'", node.loc)
+            continue
+        child = node.value[key]
+        out[key] = _dims(child, f"{what}.{key}") if f.kind == "axis_list" else _scalar_field(
+            child, f, f"{what}.{key}"
+        )
+        out[key + "_loc"] = child.loc
+    return out
+
+
+def _param_value(node: Node, name: str):
+    value = node.value
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        return _identifier(node, node.loc, f"value of param '{name}'")
+    raise SpecError(f"param '{name}' must be a number, a boolean or a name", node.loc)
+
+
+def _expression_loc(node: Node) -> Location:
+    # Quoted scalars start one column before their text.
+    return node.loc.shifted(1) if node.style in ("'", '"') else node.loc
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """Parse one `-D NAME=VALUE` build option."""
+    name, sep, raw = text.partition("=")
+    where = Location("<command line>", 1, 1)
+    if not sep or not IDENTIFIER.match(name.strip()):
+        raise SpecError(f"-D expects NAME=VALUE, got {text!r}", where)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, str) and not IDENTIFIER.match(value):
+        value = None
+    if value is None or not isinstance(value, (bool, int, float, str)):
+        raise SpecError(f"-D {name}: {raw!r} is not a number, boolean or name", where)
+    return name.strip(), value
+
+
+def _apply_override(param: Param, value, where: Location) -> Param:
+    old = param.value
+    if isinstance(old, bool) != isinstance(value, bool) or isinstance(old, str) != isinstance(value, str):
+        raise SpecError(
+            f"-D {param.name}={value!r} does not match the type of its default {old!r}",
+            where,
+        )
+    if isinstance(old, float) and isinstance(value, int):
+        value = float(value)
+    return Param(param.name, value, param.loc)
+
+
+def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None) -> Spec:
+    root = load_yaml(text, file)
+    top = _expect_mapping(root, "the spec")
+    _check_keys(root, SCHEMA, "the spec")
+    for key in ("name", *REQUIRED_SECTIONS):
+        if key not in top:
+            raise SpecError(f"the spec is missing required key '{key}'", root.loc)
+
+    name = _identifier(top["name"], top["name"].loc, "kernel name")
+    doc = _scalar_field(top["doc"], SCHEMA["doc"], "doc") if "doc" in top else ""
+    if any(ch in doc for ch in "\x00\r") or any(ord(ch) < 32 and ch not in "\n\t" for ch in doc):
+        raise SpecError("doc contains control characters", top["doc"].loc)
+
+    def section(key: str) -> dict[str, tuple[Node, Location]]:
+        if key not in top or top[key].value is None:
+            return {}
+        node = top[key]
+        entries = _expect_mapping(node, key)
+        return {k: (v, node.key_locs[k]) for k, v in entries.items()}
+
+    params: dict[str, Param] = {}
+    for pname, (node, loc) in section("params").items():
+        _identifier(pname, loc, "param")
+        params[pname] = Param(pname, _param_value(node, pname), loc)
+    where = Location("<command line>", 1, 1)
+    for oname, value in (overrides or {}).items():
+        if oname not in params:
+            raise SpecError(
+                f"-D {oname}: the spec has no param '{oname}'",
+                where,
+                did_you_mean(oname, params) or f"params: {', '.join(params) or '(none)'}",
+            )
+        params[oname] = _apply_override(params[oname], value, where)
+
+    axes: dict[str, Axis] = {}
+    for aname, (node, loc) in section("axes").items():
+        _identifier(aname, loc, "axis")
+        e = _entry(node, AXIS_FIELDS, f"axes.{aname}")
+        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"))
+
+    tensors: dict[str, Tensor] = {}
+    for tname, (node, loc) in section("tensors").items():
+        _identifier(tname, loc, "tensor")
+        e = _entry(node, TENSOR_FIELDS, f"tensors.{tname}")
+        tensors[tname] = Tensor(tname, e["dims"], e["dtype"], loc)
+
+    accumulators: dict[str, Accumulator] = {}
+    for cname, (node, loc) in section("accumulators").items():
+        _identifier(cname, loc, "accumulator")
+        e = _entry(node, ACCUMULATOR_FIELDS, f"accumulators.{cname}")
+        accumulators[cname] = Accumulator(
+            cname, e["over"], e["over_loc"], e["dims"], e["init"], e.get("dtype", "float32"), loc
+        )
+
+    compute: list[Statement] = []
+    for sname, (node, loc) in section("compute").items():
+        _identifier(sname, loc, "compute name")
+        if isinstance(node.value, bool) or not isinstance(node.value, (str, int, float)):
+            raise SpecError(f"compute.{sname} must be an expression", node.loc)
+        text = str(node.value) if not isinstance(node.value, str) else node.value
+        if "\n" in text.strip():
+            raise SpecError(f"compute.{sname} must fit on one line", node.loc)
+        compute.append(Statement(sname, text, loc, _expression_loc(node)))
+    if not compute:
+        raise SpecError("compute has no statements", top["compute"].loc)
+
+    rules: dict[str, RuleSwitch] = {}
+    for rname, (node, loc) in section("rules").items():
+        rules[rname] = RuleSwitch(rname, _scalar_field(node, SCHEMA["rules"].entry, f"rules.{rname}"), loc)
+
+    _check_names(params, axes, tensors, accumulators, compute)
+    for t in tensors.values():
+        _check_dims_known(t.dims, axes, f"tensor '{t.name}'")
+    for a in accumulators.values():
+        _check_dims_known(a.dims, axes, f"accumulator '{a.name}'")
+        if a.over not in axes:
+            raise SpecError(
+                f"accumulator '{a.name}' is over unknown axis '{a.over}'", a.over_loc, did_you_mean(a.over, axes)
+            )
+
+    return Spec(
+        name=name,
+        doc=doc.strip(),
+        params=params,
+        axes=axes,
+        tensors=tensors,
+        accumulators=accumulators,
+        compute=compute,
+        rules=rules,
+        file=file,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        name_loc=top["name"].loc,
+        overrides=dict(overrides or {}),
+    )
+
+
+def _check_dims_known(dims: tuple[Dim, ...], axes: dict[str, Axis], what: str) -> None:
+    seen = set()
+    for d in dims:
+        if d.axis not in axes:
+            raise SpecError(f"{what} uses undefined axis '{d.axis}'", d.loc, did_you_mean(d.axis, axes))
+        if d.axis in seen:
+            raise SpecError(f"{what} lists axis '{d.axis}' twice", d.loc)
+        seen.add(d.axis)
+    if not dims:
+        raise SpecError(f"{what} has no dims", None)
+
+
+def _check_names(params, axes, tensors, accumulators, compute) -> None:
+    """One namespace: a name means one thing, in the spec and in the generated code."""
+    owners: dict[str, tuple[str, Location]] = {}
+    for kind, table in (("param", params), ("axis", axes), ("tensor", tensors), ("accumulator", accumulators)):
+        for name, item in table.items():
+            if name in owners:
+                other_kind, other_loc = owners[name]
+                raise SpecError(
+                    f"'{name}' names both a {other_kind} (line {other_loc.line}) and a {kind}", item.loc
+                )
+            owners[name] = (kind, item.loc)
+    derived = {}
+    for a in axes:
+        derived[f"block_{a}"] = a
+        derived[f"{a}_start"] = a
+        derived[f"{a}_index"] = a
+    for t in (*tensors, *accumulators):
+        derived[f"{t}_ref"] = t
+        derived[f"{t}_out_ref"] = t
+    for name, (kind, loc) in owners.items():
+        if name in derived:
+            raise SpecError(
+                f"{kind} '{name}' clashes with a name generated for '{derived[name]}'", loc, "rename it"
+            )
+    for st in compute:
+        if st.name in derived:
+            raise SpecError(
+                f"compute name '{st.name}' clashes with a name generated for '{derived[st.name]}'",
+                st.loc,
+                "rename it",
+            )
+        if st.name in owners and owners[st.name][0] in ("param", "axis"):
+            raise SpecError(f"compute assigns to {owners[st.name][0]} '{st.name}'", st.loc)
+
+
+def load_spec(path: Path, display_path: str, overrides: dict[str, object] | None = None) -> Spec:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"cannot read spec: {err.strerror}", Location(display_path, 1, 1)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("the spec is not UTF-8 text", Location(display_path, 1, 1)) from None
+    return parse_spec(text, display_path, overrides)

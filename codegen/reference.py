@@ -1,0 +1,121 @@
+"""Evaluate a kernel's IR with numpy, untiled: the reference for `codegen verify`.
+
+Nothing here knows about blocks, grids or masks. Values are whole arrays over
+named axes, in float64 (casts round through the target dtype), and an
+ordered axis is consumed in one single step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codegen import ir
+
+
+@dataclass
+class Named:
+    data: np.ndarray | float
+    dims: tuple[str, ...]
+
+    def to(self, dims: tuple[str, ...]) -> np.ndarray:
+        """This array transposed and broadcast to `dims` (a superset of its own)."""
+        if not self.dims:
+            return np.asarray(self.data, dtype=np.float64)
+        own = [d for d in dims if d in self.dims]
+        data = np.transpose(self.data, [self.dims.index(d) for d in own])
+        return data.reshape([data.shape[own.index(d)] if d in self.dims else 1 for d in dims])
+
+
+def _round(x: np.ndarray, dtype: str) -> np.ndarray:
+    import ml_dtypes  # a dependency of jax; numpy has no bfloat16
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16}.get(dtype, np.dtype(dtype))
+    return np.asarray(x).astype(np_dtype).astype(np.float64 if dtype.startswith(("float", "bfloat")) else np.int64)
+
+
+_UNARY = {
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "abs": np.abs,
+    "neg": np.negative,
+}
+_BINARY = {
+    "+": np.add,
+    "-": np.subtract,
+    "*": np.multiply,
+    "/": np.divide,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+}
+_REDUCE = {"sum": np.sum, "max": np.max, "min": np.min}
+
+
+class Evaluator:
+    def __init__(self, k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int]):
+        self.k = k
+        self.inputs = inputs
+        self.sizes = sizes
+        self.values: dict[str, Named] = {}
+        self.state: dict[str, Named] = {}
+
+    def eval(self, v: ir.Value) -> Named:
+        if isinstance(v, ir.Literal):
+            return Named(float(v.value), ())
+        if isinstance(v, ir.ParamRef):
+            return Named(float(self.k.params[v.name]), ())
+        if isinstance(v, ir.Extent):
+            return Named(float(self.sizes[v.axis]), ())
+        if isinstance(v, ir.Load):
+            return Named(np.asarray(self.inputs[v.tensor], dtype=np.float64), self.k.tensors[v.tensor].dims)
+        if isinstance(v, ir.AccRead):
+            return self.state[v.accumulator]
+        if isinstance(v, ir.ValueRef):
+            return self.values[v.name]
+        if isinstance(v, ir.Elementwise):
+            args = [self.eval(a) for a in v.args]
+            dims = v.dims
+            if v.fn in _UNARY:
+                return Named(_UNARY[v.fn](args[0].to(dims) if dims else args[0].data), dims)
+            a, b = (x.to(dims) if dims else x.data for x in args)
+            with np.errstate(invalid="ignore"):
+                return Named(_BINARY[v.fn](a, b), dims)
+        if isinstance(v, ir.Cast):
+            x = self.eval(v.operand)
+            return Named(_round(x.data, v.dtype), x.dims)
+        if isinstance(v, ir.Reduce):
+            x = self.eval(v.operand)
+            return Named(_REDUCE[v.kind](x.data, axis=x.dims.index(v.axis)), tuple(d for d in x.dims if d != v.axis))
+        if isinstance(v, ir.Dot):
+            a, b = self.eval(v.lhs), self.eval(v.rhs)
+            letters = {d: chr(ord("a") + i) for i, d in enumerate(dict.fromkeys((*a.dims, *b.dims)))}
+            spec = "".join(letters[d] for d in a.dims) + "," + "".join(letters[d] for d in b.dims)
+            spec += "->" + "".join(letters[d] for d in v.dims)
+            return Named(np.einsum(spec, a.data, b.data), v.dims)
+        raise AssertionError(v)
+
+    def run(self) -> dict[str, np.ndarray]:
+        for acc in self.k.accumulators.values():
+            shape = [self.sizes[d] for d in acc.dims]
+            self.state[acc.name] = Named(np.full(shape, acc.init, dtype=np.float64), acc.dims)
+        outputs = {}
+        for st in self.k.statements:
+            value = self.eval(st.value)
+            if st.target == "accumulator":
+                self.state[st.name] = Named(value.to(self.k.accumulators[st.name].dims), self.k.accumulators[st.name].dims)
+            elif st.target == "tensor":
+                t = self.k.tensors[st.name]
+                outputs[st.name] = _round(value.to(t.dims), t.dtype)
+            else:
+                self.values[st.name] = value
+        return outputs
+
+
+def reference(k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    return Evaluator(k, inputs, sizes).run()
+

@@ -224,7 +224,8 @@ def render(plan: Plan, spec_path: str) -> str:
     ]
     used_params = sorted({v.name for st in k.statements for v in ir.walk(st.value) if isinstance(v, ir.ParamRef)}, key=list(k.params).index)
     constants = [(param_constant(n), literal(k.params[n])) for n in used_params]
-    module_doc = "\n\n".join(textwrap.fill(p, 88) for p in k.doc.split("\n\n")) or f"The {k.name} kernel."
+    # Long lines are wrapped; the author's own line breaks stay.
+    module_doc = "\n".join(textwrap.fill(line, 88) or line for line in k.doc.split("\n")) or f"The {k.name} kernel."
     template = _environment().get_template("module.py.j2")
     return template.render(
         version=__version__,

@@ -386,10 +386,10 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
         _identifier(sname, loc, "compute name")
         if isinstance(node.value, bool) or not isinstance(node.value, (str, int, float)):
             raise SpecError(f"compute.{sname} must be an expression", node.loc)
-        text = str(node.value) if not isinstance(node.value, str) else node.value
-        if "\n" in text.strip():
+        expression = str(node.value)
+        if "\n" in expression.strip():
             raise SpecError(f"compute.{sname} must fit on one line", node.loc)
-        compute.append(Statement(sname, text, loc, _expression_loc(node)))
+        compute.append(Statement(sname, expression, loc, _expression_loc(node)))
     if not compute:
         raise SpecError("compute has no statements", top["compute"].loc)
 

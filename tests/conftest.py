@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+GENERATED = ROOT / "generated"
+KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
+
+
+def write_spec(folder: Path, text: str, name: str = "k.yaml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def build_text(folder: Path, text: str, overrides=None, chip="v5e"):
+    from codegen.build import build_source
+
+    return build_source(write_spec(folder, text), overrides, chip)
+
+
+def checked_in_module(name: str):
+    """The generated module exactly as committed under generated/."""
+    spec = importlib.util.spec_from_file_location(f"generated_{name}", GENERATED / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def nan_interpret():
+    """TPU interpret mode with uninitialized memory set to NaN, so a missing mask shows."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    yield pltpu.InterpretParams(uninitialized_memory="nan")
+    if sys.exc_info()[0] is not None:  # pragma: no cover
+        pltpu.reset_tpu_interpret_mode_state()

@@ -1,0 +1,52 @@
+"""Each planner rule, on and off, with the difference in the plan and the code asserted."""
+
+import pytest
+
+from codegen.rules import RULES
+
+from conftest import SPECS, build_text
+
+
+def with_rule(name, rule, state):
+    return (SPECS / f"{name}.yaml").read_text() + f"rules:\n  {rule}: {state}\n"
+
+
+def test_every_rule_is_covered_here():
+    assert {r.name for r in RULES} == {"output_only", "invariant_load"}
+
+
+def test_output_only_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("exp", "output_only", "on"))
+    off = build_text(tmp_path, with_rule("exp", "output_only", "off"))
+    assert [op.tensor for op in on.plan.inputs] == ["x"] and on.plan.aliases == {}
+    assert [(op.tensor, op.memory) for op in off.plan.inputs] == [("x", "blocked"), ("out", "any")]
+    assert off.plan.aliases == {1: 0}
+    fired = lambda b: [d.applied for d in b.plan.decisions if d.rule == "output_only"]  # noqa: E731
+    assert fired(on) == [True] and fired(off) == [False]
+    assert "input_output_aliases" not in on.source
+    assert "pl.BlockSpec(memory_space=pl.ANY)" in off.source and "out = jnp.zeros((m, n), jnp.float32)" in off.source
+
+
+def test_output_only_does_not_touch_read_and_written_tensors(tmp_path):
+    off = build_text(tmp_path, with_rule("axpy", "output_only", "off"))
+    on = build_text(tmp_path, with_rule("axpy", "output_only", "on"))
+    assert on.source.count("input_output_aliases=") == off.source.count("input_output_aliases=") == 1
+    assert on.plan.aliases == off.plan.aliases == {1: 0}
+
+
+def test_invariant_load_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("attention", "invariant_load", "on"))
+    off = build_text(tmp_path, with_rule("attention", "invariant_load", "off"))
+    buffers = lambda b: {op.tensor: op.buffers for op in b.plan.inputs}  # noqa: E731
+    assert buffers(on) == {"q": 1, "k": 2, "v": 2}
+    assert buffers(off) == {"q": 2, "k": 2, "v": 2}
+    assert off.plan.vmem.total - on.plan.vmem.total == 128 * 128 * 4  # one (block_sq, d) f32 buffer
+    assert on.source.count("pipeline_mode=pl.Buffered(1)") == 1
+    assert "Buffered" not in off.source
+
+
+def test_invariant_load_is_skipped_without_an_ordered_axis(tmp_path):
+    built = build_text(tmp_path, (SPECS / "exp.yaml").read_text())
+    decisions = [d for d in built.plan.decisions if d.rule == "invariant_load"]
+    assert decisions and not any(d.applied for d in decisions)
+    assert "no ordered axis" in decisions[0].reason

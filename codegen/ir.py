@@ -26,6 +26,18 @@ UNARY_FUNCTIONS = {
     "sigmoid": True,
     "abs": False,
 }
+# Activations by name (the name is what a spec param may hold): name -> transcendental.
+ACTIVATIONS = {
+    "raw": False,
+    "relu": False,
+    "leaky_relu": False,  # slope 0.01
+    "gelu": True,  # exact, with erf
+    "gelu_tanh": True,
+    "fast_gelu": True,  # x*0.5*(1+tanh(0.7978845608*x*(1+0.044715*x*x)))
+    "silu": True,
+    "relu_square": False,
+}
+UNARY_FUNCTIONS = {**UNARY_FUNCTIONS, **ACTIVATIONS}
 BINARY_FUNCTIONS = ("maximum", "minimum")
 REDUCTIONS = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}  # kind -> identity
 COMBINE = {"sum": "+", "dot": "+", "max": "maximum", "min": "minimum"}
@@ -123,9 +135,12 @@ class TensorInfo:
     read: bool
     written: bool
     loc: Location
+    offsets_of: str | None = None  # the jagged axis whose segment offsets this holds
 
     @property
     def role(self) -> str:
+        if self.offsets_of:
+            return "offsets"
         if self.read and self.written:
             return "inout"
         return "output" if self.written else "input"
@@ -168,7 +183,23 @@ class KernelIR:
 
     @property
     def inputs(self) -> list[TensorInfo]:
-        return [t for t in self.tensors.values() if t.read]
+        """Entry-point arguments, in spec order: tensors read, and offsets tensors."""
+        return [t for t in self.tensors.values() if t.read or t.offsets_of]
+
+    @property
+    def offsets(self) -> list[TensorInfo]:
+        return [t for t in self.tensors.values() if t.offsets_of]
+
+    def jagged(self, axis: str):
+        return self.axes[axis].jagged
+
+    def closure(self, dims) -> set[str]:
+        """`dims` with the segment axis of each jagged axis among them: what a value really varies over."""
+        out = set(dims)
+        for d in dims:
+            if self.axes[d].jagged:
+                out.add(self.axes[d].jagged.segment)
+        return out
 
     @property
     def outputs(self) -> list[TensorInfo]:
@@ -240,6 +271,13 @@ class _Lowering:
     def tiled(self, axis: str) -> bool:
         return self.spec.axes[axis].block is not None
 
+    def closure(self, dims) -> set[str]:
+        out = set(dims)
+        for d in dims:
+            if self.spec.axes[d].jagged:
+                out.add(self.spec.axes[d].jagged.segment)
+        return out
+
     def count(self, table, dims, n=1):
         key = tuple(sorted(dims))
         table[key] = table.get(key, 0) + n
@@ -279,6 +317,8 @@ class _Lowering:
             return self.env[n]
         if n in spec.tensors:
             t = spec.tensors[n]
+            if any(a.jagged and a.jagged.offsets == n for a in spec.axes.values()):
+                raise SpecError(f"'{n}' holds segment offsets; compute cannot read it", e.loc)
             if n in self.tensor_writes:
                 raise SpecError(
                     f"tensor '{n}' is read after it is written (line {self.tensor_writes[n].line})",
@@ -322,6 +362,9 @@ class _Lowering:
 
     def call(self, e: ast.Call, statement: str, writes_tensor: bool) -> Value:
         f = e.func
+        if f in self.spec.params:
+            f = self.activation_param(f, e.loc)
+            e = ast.Call(e.loc, f, e.args, e.keywords)
         if f not in FUNCTIONS:
             raise SpecError(f"unknown function '{f}'", e.loc, did_you_mean(f, FUNCTIONS) or f"functions: {', '.join(FUNCTIONS)}")
 
@@ -381,6 +424,18 @@ class _Lowering:
             return self.maybe_accumulate(v, "dot", statement, writes_tensor)
         raise AssertionError(f)
 
+    def activation_param(self, name: str, loc: Location) -> str:
+        param = self.spec.params[name]
+        value = param.value
+        if value not in ACTIVATIONS:
+            where = Location("<command line>", 1, 1) if name in self.spec.overrides else param.loc
+            raise SpecError(
+                f"param '{name}' is {value!r}, which is not an activation (it is called at line {loc.line})",
+                where,
+                f"activations: {', '.join(ACTIVATIONS)}",
+            )
+        return value
+
     def maybe_accumulate(self, v: Reduce | Dot, kind: str, statement: str, writes_tensor: bool) -> Value:
         """A reduction over a tiled axis that feeds an output becomes an accumulator."""
         axis = v.axis
@@ -420,7 +475,7 @@ class _Lowering:
             self.pending_synth = []
             if writes_tensor:
                 t = spec.tensors[st.name]
-                if set(value.dims) != set(t.axes):
+                if self.closure(value.dims) != self.closure(t.axes):
                     raise SpecError(
                         f"tensor '{t.name}' has dims [{', '.join(t.axes)}] but its value has dims [{', '.join(value.dims)}]",
                         st.text_loc,
@@ -431,7 +486,7 @@ class _Lowering:
                 self.statements.append(Statement(st.name, value, "tensor", "step", st.loc))
             elif st.name in self.accumulators:
                 acc = self.accumulators[st.name]
-                if set(value.dims) != set(acc.dims):
+                if self.closure(value.dims) != self.closure(acc.dims):
                     raise SpecError(
                         f"accumulator '{acc.name}' has dims [{', '.join(acc.dims)}] but its update has dims [{', '.join(value.dims)}]",
                         st.text_loc,
@@ -452,7 +507,8 @@ class _Lowering:
             if acc.name not in self.updated:
                 raise SpecError(f"accumulator '{acc.name}' is never updated", acc.loc, f"add a compute statement '{acc.name}: ...'")
         for t in spec.tensors.values():
-            if t.name not in self.tensor_reads and t.name not in self.tensor_writes:
+            is_offsets = any(a.jagged and a.jagged.offsets == t.name for a in spec.axes.values())
+            if t.name not in self.tensor_reads and t.name not in self.tensor_writes and not is_offsets:
                 raise SpecError(f"tensor '{t.name}' is neither read nor written", t.loc)
         if not self.tensor_writes:
             raise SpecError("compute writes no tensor", spec.compute[0].loc, "assign to a tensor name to produce an output")
@@ -469,7 +525,10 @@ class _Lowering:
         ordered = next(iter(overs), None)
         statements = _assign_phases(self.statements, ordered, spec)
         tensors = {
-            t.name: TensorInfo(t.name, t.axes, t.dtype, t.name in self.tensor_reads, t.name in self.tensor_writes, t.loc)
+            t.name: TensorInfo(
+                t.name, t.axes, t.dtype, t.name in self.tensor_reads, t.name in self.tensor_writes, t.loc,
+                offsets_of=next((a.name for a in spec.axes.values() if a.jagged and a.jagged.offsets == t.name), None),
+            )
             for t in spec.tensors.values()
         }
         return KernelIR(

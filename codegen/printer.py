@@ -1,4 +1,4 @@
-"""Print IR values and statements as the Python lines of a kernel body.
+"""Print IR values and statements as the Python lines of a kernel.
 
 Only validated identifiers from the spec and numeric literals reach the
 output; everything else is fixed text chosen here.
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from codegen import ir
-from codegen.plan import Layout, Plan
+from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation
 
 JNP_DTYPE = {d: f"jnp.{d}" for d in ("float32", "bfloat16", "float16", "int32", "int16", "int8")}
 ARRAY_UNARY = {
@@ -39,17 +39,62 @@ def param_constant(name: str) -> str:
     return name.upper()
 
 
+def _tuple(items) -> str:
+    items = [str(i) for i in items]
+    if not items:
+        return "()"
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return "(" + ", ".join(items) + ")"
+
+
+def tile_count(axis: str) -> str:
+    return f"num_{axis}_tiles"
+
+
+def block_spec(plan: Plan, op: Operand) -> str:
+    """The BlockSpec of one operand, for the pallas_call or for the inner pipeline."""
+    if op.memory == "any":
+        return "pl.BlockSpec(memory_space=pl.ANY)"
+    k = plan.ir
+    t = k.tensors[op.tensor]
+    shape, index = [], []
+    for d in t.dims:
+        mode = plan.axes[d].mode
+        if mode in ("squeezed", "segment"):
+            shape.append("None")
+            index.append(f"{d}_index")
+        elif mode == "tiled":
+            shape.append(f"block_{d}")
+            index.append(f"{d}_index")
+        elif mode == "jagged":
+            j = k.axes[d].jagged
+            shape.append(f"pl.BoundedSlice(block_{d})")
+            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {d}_index, block_{d})")
+        else:
+            shape.append(d)
+            index.append("0")
+    params = ", ".join(f"{a}_index" for a in plan.block_grid)
+    extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
+    return f"pl.BlockSpec({_tuple(shape)}, lambda {params}: {_tuple(index)}{extra})"
+
+
 @dataclass
 class Section:
     """One straight-line block of kernel code (the per-step body, or the finalize block)."""
 
     phase: str
-    indent: str
-    head: list[str] = field(default_factory=list)  # loads, first thing in the block
+    loads: list[str] = field(default_factory=list)
+    indices: list[str] = field(default_factory=list)  # tile starts and extents
+    masked_loads: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     loaded: set[str] = field(default_factory=set)
-    masked: dict[tuple[str, int, str], str] = field(default_factory=dict)
     acc_vars: dict[str, str] = field(default_factory=dict)  # accumulator -> variable holding it now
+    masked: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    transposed: dict[tuple[str, tuple[int, ...]], str] = field(default_factory=dict)
+
+    def code(self) -> list[str]:
+        return self.loads + self.indices + self.masked_loads + self.lines
 
 
 class KernelPrinter:
@@ -57,8 +102,8 @@ class KernelPrinter:
         self.plan = plan
         self.k = plan.ir
         self.static_args: list[str] = []  # keyword arguments the kernel needs
-        self.uses: set[str] = set()  # "math", "jax", "lax", "mask_tail"
-        self.emitted: set[str] = set()
+        self.uses: set[str] = set()  # "math", "jax", "lax", "mask_tail", activation names
+        self.emitted: set[tuple[str, str]] = set()
         self.ordered = self.k.ordered_axis
 
     # -- static arguments
@@ -78,10 +123,7 @@ class KernelPrinter:
         if isinstance(v, ir.Extent):
             return self.need(v.axis), ATOM
         if isinstance(v, ir.Load):
-            if v.tensor not in sec.loaded:
-                sec.head.append(f"{v.tensor} = {self.input_ref(v.tensor)}[...]")
-                sec.loaded.add(v.tensor)
-            return v.tensor, ATOM
+            return self.load(v.tensor, sec), ATOM
         if isinstance(v, ir.AccRead):
             return self.acc_value(v.accumulator, sec), ATOM
         if isinstance(v, ir.ValueRef):
@@ -91,13 +133,14 @@ class KernelPrinter:
             return self.elementwise(v, sec)
         if isinstance(v, ir.Cast):
             x, p = self.expr(v.operand, sec)
-            if not self.plan.layouts.get(id(v.operand)) and v.operand.dtype is None:
+            if v.operand.dtype is None and not v.operand.dims:
                 return f"jnp.asarray({x}, {JNP_DTYPE[v.dtype]})", ATOM
             return f"{self.paren(x, p, ATOM)}.astype({JNP_DTYPE[v.dtype]})", ATOM
         if isinstance(v, ir.Reduce):
             fn = {"sum": "jnp.sum", "max": "jnp.max", "min": "jnp.min"}[v.kind]
-            x = self.masked(v.operand, v.axis, ir.REDUCTIONS[v.kind], sec)
-            axis = self.position(v.operand, v.axis)
+            text, _ = self.expr(v.operand, sec)
+            axis = self.position(self.plan.layout(v.operand), v.axis)
+            x = self.masked(text, v.axis, axis, ir.REDUCTIONS[v.kind], sec)
             return f"{fn}({x}, axis={axis}, keepdims=True)", ATOM
         if isinstance(v, ir.Dot):
             return self.dot(v, sec), ATOM
@@ -120,6 +163,12 @@ class KernelPrinter:
             a, pa = self.expr(v.args[0], sec)
             return f"-{self.paren(a, pa, 3)}", 3
         args = [self.expr(a, sec)[0] for a in v.args]
+        if v.fn in ir.ACTIVATIONS:
+            if v.fn == "raw":
+                return self.expr(v.args[0], sec)
+            self.uses.add(v.fn)
+            self.uses.add("lax" if v.fn == "gelu" else "jnp")
+            return f"_{v.fn}({args[0]})", ATOM
         if self.is_static(v):
             self.uses.add("math")
             if v.fn == "rsqrt":
@@ -135,60 +184,100 @@ class KernelPrinter:
         self.uses.add(fn.split(".")[0])
         return f"{fn}({args[0]})", ATOM
 
-    def position(self, v: ir.Value, axis: str) -> int:
-        layout: Layout = self.plan.layout(v)
+    @staticmethod
+    def position(layout: Layout, axis: str) -> int:
         return next(i for i, (d, one) in enumerate(layout) if d == axis and not one)
 
-    def masked(self, v: ir.Value, axis: str, fill: float, sec: Section) -> str:
-        """`v` as a reduction over `axis` should see it: past the axis's end, `fill`."""
-        text, _ = self.expr(v, sec)
-        if axis != self.ordered or self.plan.axes[axis].mode != "tiled":
-            return text  # only the ordered axis is walked in blocks that a reduction crosses
+    # -- tails of the ordered axis
+    def tile_start(self, sec: Section) -> str:
+        name = f"{self.ordered}_start"
+        if name not in sec.loaded:
+            sec.indices.append(f"{name} = {self.ordered}_index * {self.need('block_' + self.ordered)}")
+            sec.loaded.add(name)
+        return name
+
+    def extent(self, axis: str, sec: Section) -> str:
+        """The axis's extent: static for a dense axis, this segment's for a jagged one."""
+        j = self.k.axes[axis].jagged
+        if j is None:
+            return self.need(axis)
+        name = f"{axis}_size"
+        if name not in sec.loaded:
+            sec.indices.append(f"{name} = {j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]")
+            sec.loaded.add(name)
+        return name
+
+    def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
         self.uses.add("mask_tail")
-        start = self.step_start(sec)
-        size = self.need(axis)
-        position = self.position(v, axis)
-        call = f"_mask_tail({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
+        start, size = self.tile_start(sec), self.extent(axis, sec)
+        return f"_mask_tail({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
+
+    def masked(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
+        """`text` as a reduction over `axis` should see it: `fill` past the axis's end."""
+        if axis not in self.plan.ragged_axes:
+            return text
+        call = self.mask_call(text, axis, position, fill, sec)
         if not text.isidentifier():
             return call
         # A named value masked the same way for several reductions is masked once.
         key = (text, position, literal(fill))
         if key not in sec.masked:
-            taken = set(sec.masked.values())
             name = f"{text}_masked"
-            if name in taken or name in self.k.tensors or any(st.name == name for st in self.k.statements):
+            if name in sec.masked.values() or name in self.k.tensors or any(st.name == name for st in self.k.statements):
                 name = f"{text}_masked_{len(sec.masked)}"
             sec.lines.append(f"{name} = {call}")
             sec.masked[key] = name
         return sec.masked[key]
 
-    def step_start(self, sec: Section) -> str:
-        name = f"{self.ordered}_start"
-        if name not in sec.loaded:
-            sec.head.append(f"{name} = {self.ordered}_index * {self.need('block_' + self.ordered)}")
-            sec.loaded.add(name)
-        return name
+    def transpose(self, text: str, perm: tuple[int, ...], sec: Section) -> str:
+        if perm == tuple(range(len(perm))):
+            return text
+        if not text.isidentifier():
+            return f"jnp.transpose({text}, {_tuple(perm)})"
+        key = (text, perm)
+        if key not in sec.transposed:
+            name = f"{text}_t" if f"{text}_t" not in sec.transposed.values() else f"{text}_t{len(sec.transposed)}"
+            sec.lines.append(f"{name} = jnp.transpose({text}, {_tuple(perm)})")
+            sec.transposed[key] = name
+        return sec.transposed[key]
 
     def dot(self, v: ir.Dot, sec: Section) -> str:
-        a = self.masked(v.lhs, v.axis, 0.0, sec)
-        b = self.masked(v.rhs, v.axis, 0.0, sec)
         la, lb = self.plan.layout(v.lhs), self.plan.layout(v.rhs)
-        ca, cb = self.position(v.lhs, v.axis), self.position(v.rhs, v.axis)
-        a_axes = [d for d, one in la if not one]
-        b_axes = [d for d, one in lb if not one]
-        batch = [d for d in a_axes if d in b_axes and d != v.axis]
-        ba = tuple(self.position(v.lhs, d) for d in batch)
-        bb = tuple(self.position(v.rhs, d) for d in batch)
+        batch = dot_batch(la, lb, v.axis)
+        operands, contracting = [], []
+        for operand, layout in ((v.lhs, la), (v.rhs, lb)):
+            perm = dot_permutation(layout, batch)
+            text, _ = self.expr(operand, sec)
+            text = self.transpose(text, perm, sec)
+            position = perm.index(self.position(layout, v.axis))
+            masked_at_load = isinstance(operand, ir.Load) and operand.tensor in self.plan.mask_at_load
+            if not masked_at_load:
+                text = self.masked(text, v.axis, position, 0.0, sec)
+            operands.append(text)
+            contracting.append(position)
+        ca, cb = contracting
         accumulate = JNP_DTYPE[v.dtype]
+        a, b = operands
         if not batch and len(la) == 2 and len(lb) == 2 and ca == 1 and cb == 0:
             return f"jnp.dot({a}, {b}, preferred_element_type={accumulate})"
         self.uses.add("lax")
-        dims = f"((({ca},), ({cb},)), ({_tuple(ba)}, {_tuple(bb)}))"
+        nb = tuple(range(len(batch)))
+        dims = f"((({ca},), ({cb},)), ({_tuple(nb)}, {_tuple(nb)}))"
         return f"lax.dot_general({a}, {b}, {dims}, preferred_element_type={accumulate})"
 
     # -- refs and accumulators
-    def input_ref(self, tensor: str) -> str:
-        return next(op.ref for op in self.plan.inputs if op.tensor == tensor)
+    def load(self, tensor: str, sec: Section) -> str:
+        if tensor not in sec.loaded:
+            ref = next(op.ref for op in self.plan.inputs if op.tensor == tensor)
+            if tensor in self.plan.mask_at_load:
+                axis, fill = self.plan.mask_at_load[tensor]
+                layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
+                call = self.mask_call(f"{ref}[...]", axis, self.position(layout, axis), fill, sec)
+                sec.masked_loads.append(f"{tensor} = {call}")
+            else:
+                sec.loads.append(f"{tensor} = {ref}[...]")
+            sec.loaded.add(tensor)
+        return tensor
 
     def output_ref(self, tensor: str) -> str:
         return next(op.ref for op in self.plan.outputs if op.tensor == tensor)
@@ -197,7 +286,7 @@ class KernelPrinter:
         if acc not in sec.acc_vars:
             if sec.phase == "final" and self.final_reads(acc) == 1:
                 return f"{acc}_ref[...]"
-            sec.head.append(f"{acc} = {acc}_ref[...]")
+            sec.loads.append(f"{acc} = {acc}_ref[...]")
             sec.acc_vars[acc] = acc
         return sec.acc_vars[acc]
 
@@ -213,9 +302,6 @@ class KernelPrinter:
     # -- statements
     def ensure_statement(self, name: str, sec: Section) -> None:
         """Emit a neutral statement into the section that first needs it."""
-        key = (sec.phase, name)
-        if key in self.emitted:
-            return
         st = next(s for s in self.k.statements if s.name == name)
         if st.phase == "neutral":
             self.statement(st, sec)
@@ -233,24 +319,23 @@ class KernelPrinter:
             text, prec = self.expr(v, sec)
             if v.dtype != self.k.tensors[st.name].dtype:
                 text = f"{self.paren(text, prec, ATOM)}.astype({self.output_ref(st.name)}.dtype)"
-            text = self.transposed(text, st, sec)
+            text = self.transposed(text, st)
             sec.lines.append(f"{self.output_ref(st.name)}[...] = {text}")
         else:
             self.update(st, sec)
 
-    def transposed(self, text: str, st: ir.Statement, sec: Section) -> str:
+    def transposed(self, text: str, st: ir.Statement) -> str:
         have = [d for d, _ in self.plan.statement_layouts[st.name]]
         want = list(self.plan.block_dims(self.k.tensors[st.name].dims))
         if have == want:
             return text
-        perm = tuple(have.index(d) for d in want)
-        return f"jnp.transpose({text}, {perm})"
+        return f"jnp.transpose({text}, {_tuple(have.index(d) for d in want)})"
 
     def update(self, st: ir.Statement, sec: Section) -> None:
         acc = self.k.accumulators[st.name]
         v = st.value
         cast = "" if v.dtype == acc.dtype else f".astype({st.name}_ref.dtype)"
-        reads_elsewhere = sum(
+        reads_before_update = sum(
             1
             for s in self.k.statements
             for w in ir.walk(s.value)
@@ -261,7 +346,7 @@ class KernelPrinter:
             and v.fn == "+"
             and isinstance(v.args[0], ir.AccRead)
             and v.args[0].accumulator == st.name
-            and reads_elsewhere == 1
+            and reads_before_update == 1
             and not cast
             and st.name not in sec.acc_vars
         ):
@@ -279,13 +364,12 @@ class KernelPrinter:
         sec.lines.append(f"{st.name}_ref[...] = {st.name}")
         sec.acc_vars[st.name] = st.name
 
-    def section(self, phase: str, indent: str) -> list[str]:
-        sec = Section(phase, indent)
+    def section(self, phase: str) -> list[str]:
+        sec = Section(phase)
         for st in self.k.statements:
             if st.phase == phase:
                 self.statement(st, sec)
-        loads = [line for line in sec.head if line.endswith("[...]")]
-        return loads + [line for line in sec.head if line not in loads] + sec.lines
+        return sec.code()
 
     def init_lines(self) -> list[str]:
         lines = []
@@ -298,43 +382,120 @@ class KernelPrinter:
         return lines
 
 
-def _tuple(items: tuple[int, ...]) -> str:
-    if not items:
-        return "()"
-    if len(items) == 1:
-        return f"({items[0]},)"
-    return "(" + ", ".join(map(str, items)) + ")"
-
-
 @dataclass
 class KernelSource:
     name: str
     params: list[str]  # positional refs
     static_args: list[str]
-    lines: list[str]  # body, already indented by four spaces per level relative to the def
+    lines: list[str]  # the body, indented relative to the def
     uses: set[str]
+
+
+def _indent(lines: list[str], by: str = "    ") -> list[str]:
+    return [by + line if line else "" for line in lines]
+
+
+def _def(name: str, body: list[str], decorator: str | None = None) -> list[str]:
+    return ([decorator] if decorator else []) + [f"def {name}():"] + _indent(body or ["pass"])
+
+
+def _grid_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
+    k, ordered = plan.ir, plan.ir.ordered_axis
+    if ordered is None:
+        return p.section("step")
+    index = plan.grid_position(ordered)
+    lines = [f"{ordered}_index = pl.program_id({index})", ""]
+    lines += _def("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
+    lines += p.section("step") + [""]
+    lines += _def("_finalize", p.section("final"), f"@pl.when({ordered}_index == pl.num_programs({index}) - 1)")
+    return lines
+
+
+def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
+    k, ordered = plan.ir, plan.ir.ordered_axis
+    lines = []
+    for a in plan.grid:
+        lines.append(f"{a}_index = pl.program_id({plan.grid.index(a)})")
+    body = []
+    names = [f"{a}_index" for a in plan.pipeline_grid]
+    body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = indices")
+
+    # Tiles past a segment's end are launched (the grid is static) but skip their work.
+    parallel_checks = []
+    valid_lines = []
+    for a in plan.pipeline_grid:
+        if plan.axes[a].mode == "jagged" and a != ordered:
+            j = k.axes[a].jagged
+            valid_lines.append(f"{a}_size = {j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]")
+            parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
+    if parallel_checks:
+        valid_lines.append(f"tile_valid = {' & '.join(f'({c})' if len(parallel_checks) > 1 else c for c in parallel_checks)}")
+    body += valid_lines
+
+    if ordered is None:
+        step = p.section("step")
+        body += [""] + _def("compute", step) + [""]
+        body.append("lax.cond(tile_valid, compute, lambda: None)" if parallel_checks else "compute()")
+    else:
+        body += [""] + _def("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
+        step_sec = Section("step")
+        for st in k.statements:
+            if st.phase == "step":
+                p.statement(st, step_sec)
+        checks = ["tile_valid"] if parallel_checks else []
+        if plan.axes[ordered].mode == "jagged":
+            checks.append(f"({p.tile_start(step_sec)} < {p.extent(ordered, step_sec)})")
+            # the ordered tile's start and extent are needed by the guard: compute them outside
+            body += step_sec.indices
+            step_sec.indices = []
+        body += _def("step", step_sec.code()) + [""]
+        body.append(f"lax.cond({' & '.join(checks)}, step, lambda: None)" if checks else "step()")
+        last = f"{ordered}_index == {p.need(tile_count(ordered))} - 1"
+        guard = f"tile_valid & ({last})" if parallel_checks else last
+        body += [""] + _def("_finalize", p.section("final"), f"@pl.when({guard})")
+    p.uses.add("lax")
+
+    # An output passed in only to be aliased (output_only off) stays in HBM, outside the pipeline.
+    piped_inputs = [op for op in plan.inputs if op.memory != "any"]
+    refs = [op.ref for op in piped_inputs] + [op.ref for op in plan.outputs]
+    lines += [f"def body(indices, {', '.join(refs)}):"] + _indent(body) + [""]
+    grid = []
+    for a in plan.pipeline_grid:
+        mode = plan.axes[a].mode
+        grid.append(p.need(tile_count(a)) if mode in ("tiled", "jagged") else p.need(a))
+    for a in plan.pipeline_grid:
+        if plan.axes[a].blocked:
+            p.need(f"block_{a}")
+    for op in plan.inputs + plan.outputs:
+        for d in k.tensors[op.tensor].dims:
+            if plan.axes[d].mode == "full":
+                p.need(d)
+    semantics = ", ".join("pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid)
+    hbm = [op.ref.replace("_ref", "_hbm_ref") for op in piped_inputs + plan.outputs]
+    lines += [
+        "pltpu.emit_pipeline(",
+        "    body,",
+        f"    grid={_tuple(grid)},",
+        f"    in_specs=[{', '.join(block_spec(plan, op) for op in piped_inputs)}],",
+        f"    out_specs=[{', '.join(block_spec(plan, op) for op in plan.outputs)}],",
+        f"    dimension_semantics=({semantics}{',' if len(plan.pipeline_grid) == 1 else ''}),",
+        "    _explicit_indices=True,",
+        f")({', '.join(hbm)})",
+    ]
+    if any(plan.axes[a].mode == "jagged" for a in plan.pipeline_grid):
+        p.uses.add("jagged_tile")
+    return lines
 
 
 def print_kernel(plan: Plan) -> KernelSource:
     k = plan.ir
     p = KernelPrinter(plan)
-    refs = [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
-    refs += [f"{name}_ref" for name in k.accumulators]
-    lines: list[str] = []
-    ordered = k.ordered_axis
-    if ordered is None:
-        lines += p.section("step", "")
+    if plan.lowering == "pallas_grid":
+        refs = [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
+        lines = _grid_kernel(plan, p)
     else:
-        index = plan.grid_position(ordered)
-        lines.append(f"{ordered}_index = pl.program_id({index})")
-        lines.append("")
-        lines.append(f"@pl.when({ordered}_index == 0)")
-        lines.append("def _init():")
-        lines += ["    " + line for line in p.init_lines()]
-        lines.append("")
-        lines += p.section("step", "")
-        lines.append("")
-        lines.append(f"@pl.when({ordered}_index == pl.num_programs({index}) - 1)")
-        lines.append("def _finalize():")
-        lines += ["    " + line for line in p.section("final", "    ")]
+        refs = [f"{t.name}_ref" for t in k.offsets]
+        refs += [op.ref.replace("_ref", "_hbm_ref") for op in plan.inputs + plan.outputs]
+        lines = _pipeline_kernel(plan, p)
+    refs += [f"{name}_ref" for name in k.accumulators]
     return KernelSource(f"_{k.name}_kernel", refs, p.static_args, lines, p.uses)

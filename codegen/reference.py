@@ -7,6 +7,7 @@ ordered axis is consumed in one single step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,8 @@ def _round(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x).astype(np_dtype).astype(np.float64 if dtype.startswith(("float", "bfloat")) else np.int64)
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
 _UNARY = {
     "exp": np.exp,
     "log": np.log,
@@ -44,6 +47,15 @@ _UNARY = {
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "abs": np.abs,
     "neg": np.negative,
+    # activations
+    "raw": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "fast_gelu": lambda x: x * 0.5 * (1.0 + np.tanh(0.7978845608 * x * (1.0 + 0.044715 * x * x))),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "relu_square": lambda x: np.maximum(x, 0.0) ** 2,
 }
 _BINARY = {
     "+": np.add,
@@ -110,12 +122,33 @@ class Evaluator:
                 self.state[st.name] = Named(value.to(self.k.accumulators[st.name].dims), self.k.accumulators[st.name].dims)
             elif st.target == "tensor":
                 t = self.k.tensors[st.name]
-                outputs[st.name] = _round(value.to(t.dims), t.dtype)
+                # A segment's value may still carry the (size-1) segment axis that a jagged
+                # output folds into its rows.
+                extra = tuple(d for d in value.dims if d not in t.dims)
+                data = value.to(t.dims + extra).reshape([self.sizes[d] for d in t.dims])
+                outputs[st.name] = _round(data, t.dtype)
             else:
                 self.values[st.name] = value
         return outputs
 
 
 def reference(k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    return Evaluator(k, inputs, sizes).run()
+    """The kernel's outputs. With jagged axes, each segment is evaluated on its own rows."""
+    jagged = {name: a.jagged for name, a in k.axes.items() if a.jagged}
+    if not jagged:
+        return Evaluator(k, inputs, sizes).run()
+    segment = next(iter(jagged.values())).segment
+    offsets = {name: np.asarray(inputs[j.offsets]) for name, j in jagged.items()}
+    outputs = {t.name: np.zeros([sizes[d] for d in t.dims]) for t in k.outputs}
+    for b in range(sizes[segment]):
+        rows = {name: slice(int(o[b]), int(o[b + 1])) for name, o in offsets.items()}
+
+        def part(dims):
+            return tuple(rows[d] if d in rows else slice(b, b + 1) if d == segment else slice(None) for d in dims)
+
+        seg_sizes = dict(sizes, **{segment: 1}, **{name: r.stop - r.start for name, r in rows.items()})
+        seg_inputs = {t.name: inputs[t.name][part(t.dims)] for t in k.inputs if not t.offsets_of}
+        for name, value in Evaluator(k, seg_inputs, seg_sizes).run().items():
+            outputs[name][part(k.tensors[name].dims)] = value
+    return outputs
 

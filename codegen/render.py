@@ -10,7 +10,7 @@ import jinja2
 from codegen import __version__, ir
 from codegen.chips import ITEMSIZE
 from codegen.plan import Plan
-from codegen.printer import JNP_DTYPE, literal, param_constant, print_kernel
+from codegen.printer import JNP_DTYPE, block_spec, literal, param_constant, print_kernel
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -41,20 +41,23 @@ def _tuple(items: list[str]) -> str:
     return "(" + ", ".join(items) + ")"
 
 
-def _terms(table: dict[tuple[str, ...], int], axis_order: list[str]) -> str:
-    """A sum of products of axis sizes, e.g. `2 * b * m * n * k + b * m * n`."""
+def _terms(table: dict[tuple[str, ...], int], order) -> str:
+    """A sum of products of sizes, e.g. `2 * b * m * n * k + b * m * n`."""
     if not table:
         return "0"
-    ordered = sorted(table.items(), key=lambda kv: (-len(kv[0]), [axis_order.index(a) for a in kv[0]]))
+    rank = lambda name: order.index(name) if name in order else len(order)  # noqa: E731
+    ordered = sorted(table.items(), key=lambda kv: (-len(kv[0]), [rank(a) for a in kv[0]], kv[0]))
     parts = []
     for dims, coef in ordered:
-        dims = sorted(dims, key=axis_order.index)
+        dims = sorted(dims, key=lambda d: (rank(d), d))
         factors = ([str(coef)] if coef != 1 or not dims else []) + list(dims)
         parts.append(" * ".join(factors))
     return " + ".join(parts)
 
 
 class _Entry:
+    """The entry point: argument checks, block sizes, and the pallas_call."""
+
     def __init__(self, plan: Plan):
         self.plan = plan
         self.k = plan.ir
@@ -62,27 +65,18 @@ class _Entry:
         self.bound: list[str] = []
         self.lines: list[str] = []
 
-    def block_dim(self, axis: str) -> str:
-        mode = self.plan.axes[axis].mode
-        return "None" if mode == "squeezed" else (f"block_{axis}" if mode == "tiled" else axis)
-
-    def block_spec(self, op) -> str:
-        if op.memory == "any":
-            return "pl.BlockSpec(memory_space=pl.ANY)"
-        t = self.k.tensors[op.tensor]
-        shape = _tuple([self.block_dim(d) for d in t.dims])
-        params = ", ".join(f"{a}_index" for a in self.plan.grid)
-        index = _tuple([f"{d}_index" if self.plan.axes[d].mode != "full" else "0" for d in t.dims])
-        extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
-        return f"pl.BlockSpec({shape}, lambda {params}: {index}{extra})"
-
-    def shape(self, dims) -> str:
-        return _tuple(list(dims))
+    def shape(self, t: ir.TensorInfo) -> str:
+        if t.offsets_of:
+            return f"({t.dims[0]} + 1,)"
+        return _tuple(list(t.dims))
 
     def bind_shapes(self) -> None:
         for t in self.k.inputs:
             new = [d for d in t.dims if d not in self.bound]
-            if len(new) == len(t.dims):
+            if t.offsets_of:
+                for d in new:
+                    self.lines.append(f"{d} = {t.name}.shape[0] - 1")
+            elif len(new) == len(t.dims):
                 lhs = ", ".join(t.dims) + ("," if len(t.dims) == 1 else "")
                 self.lines.append(f"{lhs} = {t.name}.shape")
             else:
@@ -90,38 +84,84 @@ class _Entry:
                     self.lines.append(f"{d} = {t.name}.shape[{t.dims.index(d)}]")
             self.bound += new
         for t in self.k.inputs:
-            self.lines.append(f'_check_input("{t.name}", {t.name}, {self.shape(t.dims)}, {JNP_DTYPE[t.dtype]})')
+            self.lines.append(f'_check_input("{t.name}", {t.name}, {self.shape(t)}, {JNP_DTYPE[t.dtype]})')
 
     def unbound_axes(self) -> list[str]:
         needed = {d for t in self.k.tensors.values() for d in t.dims}
         inputs = {d for t in self.k.inputs for d in t.dims}
         return [a for a in self.k.axes if a in needed and a not in inputs]
 
+    def jagged_maxima(self) -> list[str]:
+        return [a.jagged.max for a in self.k.axes.values() if a.jagged]
+
+    def blocked_axes(self) -> list[str]:
+        return [a for a in self.plan.grid + self.plan.pipeline_grid if self.plan.axes[a].blocked]
+
+    def cost_dims(self, dims: tuple[str, ...]) -> tuple[str, ...]:
+        """Sizes whose product counts a value's elements over all segments.
+
+        A jagged axis's size here is its total over all segments, so its segment axis
+        drops out; a second jagged axis of the same segment counts at its maximum,
+        which makes the product an upper bound.
+        """
+        out, seen_segments = [], set()
+        for d in dims:
+            j = self.k.axes[d].jagged
+            if j is None:
+                continue
+            out.append(d if j.segment not in seen_segments else j.max)
+            seen_segments.add(j.segment)
+        out += [d for d in dims if not self.k.axes[d].jagged and d not in seen_segments]
+        return tuple(sorted(out))
+
     def cost(self) -> str:
+        def table(counts):
+            out: dict[tuple[str, ...], int] = {}
+            for dims, n in counts.items():
+                key = self.cost_dims(dims)
+                out[key] = out.get(key, 0) + n
+            return out
+
         bytes_table: dict[tuple[str, ...], int] = {}
         for t in self.k.tensors.values():
-            times = int(t.read) + int(t.written)
-            key = tuple(sorted(t.dims))
+            times = int(t.read) + int(t.written) + int(bool(t.offsets_of))
+            key = self.cost_dims(t.dims)
             bytes_table[key] = bytes_table.get(key, 0) + times * ITEMSIZE[t.dtype]
+        order = self.axis_order
         return (
-            f"pl.CostEstimate(flops={_terms(self.k.flops, self.axis_order)}, "
-            f"transcendentals={_terms(self.k.transcendentals, self.axis_order)}, "
-            f"bytes_accessed={_terms(bytes_table, self.axis_order)})"
+            f"pl.CostEstimate(flops={_terms(table(self.k.flops), order)}, "
+            f"transcendentals={_terms(table(self.k.transcendentals), order)}, "
+            f"bytes_accessed={_terms(bytes_table, order)})"
         )
+
+    def block_sizes(self) -> None:
+        p = self.plan
+        for a in self.blocked_axes():
+            ap = p.axes[a]
+            bound = self.k.axes[a].jagged.max if ap.mode == "jagged" else a
+            self.lines.append(f'block_{a} = _block_size("block_{a}", block_{a}, {bound}, {ap.alignment})')
+        if p.lowering != "pallas_grid":
+            for a in self.blocked_axes():
+                bound = self.k.axes[a].jagged.max if p.axes[a].mode == "jagged" else a
+                self.lines.append(f"num_{a}_tiles = pl.cdiv({bound}, block_{a})")
+
+    def scratch(self) -> list[str]:
+        out = []
+        for name, lay in self.plan.accumulator_layouts.items():
+            dims = ["1" if one else (f"block_{d}" if self.plan.axes[d].blocked else d) for d, one in lay]
+            out.append(f"pltpu.VMEM({_tuple(dims)}, {JNP_DTYPE[self.k.accumulators[name].dtype]})")
+        return out
 
     def build(self, kernel) -> list[str]:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
-        for a in p.grid:
-            ap = p.axes[a]
-            if ap.mode == "tiled":
-                self.lines.append(f'block_{a} = _block_size("block_{a}", block_{a}, {a}, {ap.alignment})')
-        args = [t.name for t in k.inputs]
+        self.block_sizes()
+        args = [t.name for t in k.offsets] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:
             if op.tensor not in args:  # an output passed in as well (output_only off)
                 t = k.tensors[op.tensor]
-                self.lines.append(f"{t.name} = jnp.zeros({self.shape(t.dims)}, {JNP_DTYPE[t.dtype]})")
+                self.lines.append(f"{t.name} = jnp.zeros({self.shape(t)}, {JNP_DTYPE[t.dtype]})")
                 args.append(t.name)
         if kernel.static_args:
             bindings = ", ".join(f"{s}={s}" for s in kernel.static_args)
@@ -129,38 +169,50 @@ class _Entry:
             kernel_name = "kernel"
         else:
             kernel_name = kernel.name
-        grid = _tuple([f"pl.cdiv({a}, block_{a})" if p.axes[a].mode == "tiled" else a for a in p.grid]) if p.grid else "()"
-        in_specs = "[" + ", ".join(self.block_spec(op) for op in p.inputs) + "]"
-        out_specs = [self.block_spec(op) for op in p.outputs]
-        out_shapes = [
-            f"jax.ShapeDtypeStruct({self.shape(k.tensors[op.tensor].dims)}, {JNP_DTYPE[k.tensors[op.tensor].dtype]})"
-            for op in p.outputs
-        ]
-        semantics = ", ".join(f'"{p.axes[a].semantics}"' for a in p.grid) + ("," if len(p.grid) == 1 else "")
-        compiler = f"dimension_semantics=({semantics})"
-        if p.vmem_limit:
-            compiler += f", vmem_limit_bytes={p.vmem_limit}"
-        call = [
-            "return pl.pallas_call(",
-            f"    {kernel_name},",
-            f"    grid={grid},",
-            f"    in_specs={in_specs},",
-            f"    out_specs={out_specs[0] if len(out_specs) == 1 else '[' + ', '.join(out_specs) + ']'},",
-            f"    out_shape={out_shapes[0] if len(out_shapes) == 1 else '[' + ', '.join(out_shapes) + ']'},",
-        ]
-        if k.accumulators:
-            scratch = []
-            for name, lay in p.accumulator_layouts.items():
-                dims = ["1" if one else self.block_dim(d) for d, one in lay]
-                scratch.append(f"pltpu.VMEM({_tuple(dims)}, {JNP_DTYPE[k.accumulators[name].dtype]})")
-            call.append(f"    scratch_shapes=[{', '.join(scratch)}],")
+        out_shapes = [f"jax.ShapeDtypeStruct({self.shape(k.tensors[op.tensor])}, {JNP_DTYPE[k.tensors[op.tensor].dtype]})" for op in p.outputs]
+        one = lambda items: items[0] if len(items) == 1 else "[" + ", ".join(items) + "]"  # noqa: E731
+        if p.lowering == "pallas_grid":
+            grid = _tuple([f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]) if p.grid else "()"
+            in_specs = [block_spec(p, op) for op in p.inputs]
+            out_specs = [block_spec(p, op) for op in p.outputs]
+            call = [
+                "return pl.pallas_call(",
+                f"    {kernel_name},",
+                f"    grid={grid},",
+                f"    in_specs=[{', '.join(in_specs)}],",
+                f"    out_specs={one(out_specs)},",
+                f"    out_shape={one(out_shapes)},",
+            ]
+            if k.accumulators:
+                call.append(f"    scratch_shapes=[{', '.join(self.scratch())}],")
+            semantics = [p.axes[a].semantics for a in p.grid]
+        else:
+            grid = _tuple(list(p.grid)) if p.grid else "(1,)"
+            call = [
+                "return pl.pallas_call(",
+                f"    {kernel_name},",
+                "    grid_spec=pltpu.PrefetchScalarGridSpec(",
+                f"        num_scalar_prefetch={len(k.offsets)},",
+                f"        grid={grid},",
+                f"        in_specs=[{', '.join('pl.BlockSpec(memory_space=pl.ANY)' for _ in p.inputs)}],",
+                f"        out_specs={one(['pl.BlockSpec(memory_space=pl.ANY)' for _ in p.outputs])},",
+            ]
+            if k.accumulators:
+                call.append(f"        scratch_shapes=[{', '.join(self.scratch())}],")
+            call += ["    ),", f"    out_shape={one(out_shapes)},"]
+            # The outer pipeline is one sequential walk; the grid lowering's segments are independent.
+            semantics = [p.axes[a].semantics for a in p.grid] or ["arbitrary"]
         if p.aliases:
-            aliases = ", ".join(f"{i}: {o}" for i, o in p.aliases.items())
+            offset = len(k.offsets)
+            aliases = ", ".join(f"{i + offset}: {o}" for i, o in p.aliases.items())
             call += [
                 "    # jax 0.10's TPU interpret mode returns an aliased output at its block-padded",
                 "    # shape, so interpret mode runs without the alias, which only saves a copy.",
                 f"    input_output_aliases={{}} if interpret else {{{aliases}}},",
             ]
+        compiler = f"dimension_semantics=({', '.join(f'{chr(34)}{x}{chr(34)}' for x in semantics)}{',' if len(semantics) == 1 else ''})"
+        if p.vmem_limit:
+            compiler += f", vmem_limit_bytes={p.vmem_limit}"
         call += [
             f"    compiler_params=pltpu.CompilerParams({compiler}),",
             f"    cost_estimate={self.cost()},",
@@ -171,8 +223,8 @@ class _Entry:
 
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
-        keywords = [f"{a}" for a in self.unbound_axes()]
-        keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.plan.grid if self.plan.axes[a].mode == "tiled"]
+        keywords = self.unbound_axes() + self.jagged_maxima()
+        keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 
@@ -181,12 +233,21 @@ class _Entry:
         summary = k.doc.split("\n\n")[0].replace("\n", " ").strip() or f"Runs the {k.name} kernel."
         lines = textwrap.wrap(summary, 88) + ["", "Args:"]
         for t in k.inputs:
-            lines.append(f"  {t.name}: {t.dtype}[{', '.join(t.dims)}].")
+            note = ""
+            if t.offsets_of:
+                note = f" Row offsets of the segments along {t.offsets_of}; the last is the total."
+            jagged = [d for d in t.dims if k.axes[d].jagged]
+            if jagged and not t.offsets_of:
+                note = f" {', '.join(jagged)}: the rows of all segments, one after another."
+            shown = f"{t.dims[0]}+1" if t.offsets_of else ", ".join(t.dims)
+            lines.append(f"  {t.name}: {t.dtype}[{shown}].{note}")
         for a in self.unbound_axes():
             lines.append(f"  {a}: extent of axis {a}.")
-        for a in self.plan.grid:
-            if self.plan.axes[a].mode == "tiled":
-                lines.append(f"  block_{a}: tile size along {a}.")
+        for a in k.axes.values():
+            if a.jagged:
+                lines.append(f"  {a.jagged.max}: the largest extent of {a.name} in any segment (it sizes the grid).")
+        for a in self.blocked_axes():
+            lines.append(f"  block_{a}: tile size along {a}.")
         lines.append("  interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.")
         lines += ["", "Returns:"]
         for t in k.outputs:
@@ -215,7 +276,7 @@ def render(plan: Plan, spec_path: str) -> str:
     if "math" in uses:
         stdlib.append("import math")
     imports = stdlib + ([""] if stdlib else []) + ["import jax"]
-    if "lax" in uses or "mask_tail" in uses:
+    if "lax" in uses or "mask_tail" in uses or "gelu" in uses:
         imports.append("from jax import lax")
     imports += [
         "import jax.numpy as jnp",
@@ -236,7 +297,9 @@ def render(plan: Plan, spec_path: str) -> str:
         imports=imports,
         constants=constants,
         helpers=uses,
-        block_axes=[a for a in plan.grid if plan.axes[a].mode == "tiled"],
+        activations=[a for a in ir.ACTIVATIONS if a in uses],
+        pipeline=plan.lowering != "pallas_grid",
+        block_axes=entry.blocked_axes(),
         kernel=kernel,
         name=k.name,
         signature=entry.signature(),

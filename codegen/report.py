@@ -27,15 +27,26 @@ def format_plan(plan: Plan) -> str:
     rows = []
     for name, a in plan.axes.items():
         grid = str(plan.grid.index(name)) if name in plan.grid else "-"
-        block = {"tiled": f"{a.block}", "squeezed": "1 (squeezed)", "full": "whole extent"}[a.mode]
+        block = {"tiled": f"{a.block}", "jagged": f"{a.block}", "squeezed": "1 (squeezed)",
+                 "segment": "1 (squeezed)", "full": "whole extent"}[a.mode]
+        grid = str((plan.grid + plan.pipeline_grid).index(name)) if name in plan.grid + plan.pipeline_grid else "-"
         rows.append([name, a.mode, block, grid, a.semantics or "-", a.reason])
     out += _table(["axis", "mode", "block", "grid", "semantics", "why"], rows)
     out.append("")
 
-    grid = ", ".join(
-        f"cdiv({a}, block_{a})" if plan.axes[a].mode == "tiled" else a for a in plan.grid
-    )
-    out.append(f"grid: ({grid})" if plan.grid else "grid: () (a single step)")
+    def extent(a):
+        ap = plan.axes[a]
+        if ap.mode == "jagged":
+            return f"cdiv({k.axes[a].jagged.max}, block_{a})"
+        return f"cdiv({a}, block_{a})" if ap.mode == "tiled" else a
+
+    out.append(f"lowering: {plan.lowering_reason}" if plan.lowering_reason else "")
+    out.append(f"pallas_call grid: ({', '.join(extent(a) for a in plan.grid)})" if plan.grid else "pallas_call grid: (1,)")
+    if plan.lowering != "pallas_grid":
+        semantics = ", ".join(plan.axes[a].semantics for a in plan.pipeline_grid)
+        out.append(f"emit_pipeline grid: ({', '.join(extent(a) for a in plan.pipeline_grid)}), semantics ({semantics})")
+        offsets = ", ".join(t.name for t in k.offsets)
+        out.append(f"scalar prefetch (SMEM): {offsets}; every tensor stays in HBM (pl.ANY) and the pipeline moves its blocks")
     if k.ordered_axis:
         out.append(f"loop: '{k.ordered_axis}' is walked in order, last in the grid; accumulators init on its first step, finalize on its last")
     out.append("")
@@ -48,8 +59,10 @@ def format_plan(plan: Plan) -> str:
             where = "HBM (pl.ANY), not copied"
         else:
             where = f"VMEM block ({', '.join(_block(plan, d) for d in t.dims)}), {op.buffers} buffer{'s' if op.buffers > 1 else ''}"
-        alias = f"aliased to output {op.alias_output}" if op.alias_output is not None else ""
-        rows.append(["in", op.tensor, f"{t.dtype}[{', '.join(t.dims)}]", where, alias])
+        notes = [f"aliased to output {op.alias_output}"] if op.alias_output is not None else []
+        if op.memory != "any" and plan.reuse(op.tensor):
+            notes.append(plan.reuse(op.tensor))
+        rows.append(["in", op.tensor, f"{t.dtype}[{', '.join(t.dims)}]", where, "; ".join(notes)])
     for i, op in enumerate(plan.outputs):
         t = k.tensors[op.tensor]
         where = f"VMEM block ({', '.join(_block(plan, d) for d in t.dims)}), 2 buffers"
@@ -99,4 +112,5 @@ def format_plan(plan: Plan) -> str:
 
 def _block(plan: Plan, axis: str) -> str:
     a = plan.axes[axis]
-    return {"tiled": f"block_{axis}", "squeezed": "None", "full": axis}[a.mode]
+    return {"tiled": f"block_{axis}", "jagged": f"BoundedSlice(block_{axis})", "squeezed": "None",
+            "segment": "None", "full": axis}[a.mode]

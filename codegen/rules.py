@@ -82,3 +82,45 @@ class InvariantLoad(Rule):
 
 RULES: tuple[Rule, ...] = (OutputOnly(), InvariantLoad())
 RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class DeferredMask(Rule):
+    name = "deferred_mask"
+    seed = "seed 001 (Helion #2812)"
+    summary = (
+        "a load's tail mask on a major dim is applied after the transpose that moves that dim "
+        "into the last two, where the consuming reduction masks anyway"
+    )
+
+    def apply(self, plan, enabled):
+        from codegen.plan import permuted_masked_loads
+
+        decisions = []
+        for load in permuted_masked_loads(plan):
+            rank = len(load.layout)
+            at_load, after = load.position, load.permutation.index(load.position)
+            where = f"'{load.tensor}' is masked along '{load.axis}' for {load.consumer}"
+            if at_load < rank - 2 and after >= rank - 2:
+                if enabled:
+                    decisions.append(Decision(
+                        self.name, load.tensor, True,
+                        f"{where}: the mask moves from major dim {at_load} at the load to dim {after} after "
+                        f"jnp.transpose{load.permutation}, a sublane/lane dim where masking is cheap",
+                    ))
+                    continue
+                plan.mask_at_load[load.tensor] = (load.axis, load.fill)
+                decisions.append(Decision(self.name, load.tensor, False, f"rule off: {where}; masked at the load, on major dim {at_load}"))
+            else:
+                plan.mask_at_load[load.tensor] = (load.axis, load.fill)
+                decisions.append(Decision(
+                    self.name, load.tensor, False,
+                    f"{where}: the transpose moves it from dim {at_load} to dim {after}, not from a major dim "
+                    "into the last two; masked at the load",
+                ))
+        if not decisions:
+            decisions.append(Decision(self.name, "-", False, "no load is masked and then transposed before its reduction"))
+        return decisions
+
+
+RULES = (*RULES, DeferredMask())
+RULE_NAMES = tuple(r.name for r in RULES)

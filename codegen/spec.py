@@ -18,10 +18,12 @@ from codegen.errors import Location, SpecError, did_you_mean
 from codegen.source import Node, load_yaml
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+DIM = re.compile(r"^[a-z][a-z0-9_]*(\+1)?$")  # AXIS, or AXIS+1 for an offsets tensor
 DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
 # Names the generated module itself uses at module or kernel scope.
 RESERVED = frozenset(
-    {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid"}
+    {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid",
+     "body", "compute", "step", "indices", "kernel", "tile_valid"}
 ) | frozenset(dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins")))
 
 
@@ -29,9 +31,11 @@ RESERVED = frozenset(
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "identifier", "string", "int", "number", "scalar", "dtype", "bool", "axis_list"
+    kind: str  # "identifier", "string", "int", "number", "scalar", "dtype", "bool", "axis_list", "enum", "mapping"
     doc: str
     required: bool = False
+    choices: tuple[str, ...] = ()  # for "enum"
+    fields: dict | None = None  # for "mapping"
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,17 @@ class Section:
     entry: dict[str, Field] | Field
 
 
+JAGGED_FIELDS = {
+    "offsets": Field("identifier", "Tensor [SEGMENT+1] of int32 row offsets, scalar-prefetched.", True),
+    "segment": Field("identifier", "The axis that numbers the segments.", True),
+    "max": Field("identifier", "Entry-point keyword giving the largest segment extent.", True),
+}
 AXIS_FIELDS = {
     "block": Field("int", "Tile size along this axis; the axis becomes a grid dimension."),
     "max": Field("int", "Largest extent expected; sizes the VMEM estimate of full-extent axes."),
+    "jagged": Field("mapping", "Per-segment extent from an offsets tensor.", fields=JAGGED_FIELDS),
 }
+LOWERINGS = ("outer_pipeline", "grid")
 TENSOR_FIELDS = {
     "dims": Field("axis_list", "Axis names, major to minor.", required=True),
     "dtype": Field("dtype", "Element type.", required=True),
@@ -59,6 +70,11 @@ ACCUMULATOR_FIELDS = {
 SCHEMA: dict[str, Field | Section] = {
     "name": Field("identifier", "Kernel name: the entry point and the output file name.", True),
     "doc": Field("string", "One paragraph describing the kernel; becomes the docstring."),
+    "lowering": Field(
+        "enum",
+        "For jagged kernels: one emit_pipeline over segments x tiles, or a grid over segments.",
+        choices=LOWERINGS,
+    ),
     "params": Section("Build-time constants, overridable with -D NAME=VALUE.", Field("scalar", "")),
     "axes": Section("Named dimensions; sizes come from input shapes.", AXIS_FIELDS),
     "tensors": Section("Kernel operands in entry-point order.", TENSOR_FIELDS),
@@ -84,7 +100,9 @@ def json_schema() -> dict:
             "scalar": {"type": ["number", "boolean", "string"]},
             "dtype": {"enum": list(DTYPES)},
             "bool": {"type": "boolean"},
-            "axis_list": {"type": "array", "items": {"type": "string", "pattern": IDENTIFIER.pattern}},
+            "axis_list": {"type": "array", "items": {"type": "string", "pattern": DIM.pattern}},
+            "enum": {"enum": list(f.choices)},
+            "mapping": entry_schema(f.fields) if f.fields else {},
         }[f.kind]
         return {**base, "description": f.doc} if f.doc else base
 
@@ -129,18 +147,28 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Jagged:
+    offsets: str
+    segment: str
+    max: str  # the entry point's keyword for the largest extent
+    loc: Location
+
+
+@dataclass(frozen=True)
 class Axis:
     name: str
     block: int | None
     max: int | None
     loc: Location
     block_loc: Location | None = None
+    jagged: Jagged | None = None
 
 
 @dataclass(frozen=True)
 class Dim:
     axis: str
     loc: Location
+    plus_one: bool = False  # AXIS+1: the length of an offsets tensor
 
 
 @dataclass(frozen=True)
@@ -191,6 +219,8 @@ class Spec:
     accumulators: dict[str, Accumulator]
     compute: list[Statement]
     rules: dict[str, RuleSwitch]
+    lowering: str | None
+    lowering_loc: Location | None
     file: str  # as shown in messages and in the generated header
     sha256: str
     name_loc: Location
@@ -256,13 +286,26 @@ def _scalar_field(node: Node, f: Field, what: str):
         return value
     if f.kind == "identifier":
         return _identifier(node, node.loc, what)
+    if f.kind == "enum":
+        if value not in f.choices:
+            raise SpecError(
+                f"{what} must be one of {', '.join(f.choices)}, got {value!r}",
+                node.loc,
+                did_you_mean(str(value), f.choices),
+            )
+        return value
     raise AssertionError(f.kind)
 
 
 def _dims(node: Node, what: str) -> tuple[Dim, ...]:
     if not isinstance(node.value, list):
         raise SpecError(f"{what} must be a list of axis names, e.g. [m, n]", node.loc)
-    return tuple(Dim(_identifier(item, item.loc, "axis"), item.loc) for item in node.value)
+    dims = []
+    for item in node.value:
+        text = item.value if isinstance(item.value, str) else ""
+        plus_one = text.endswith("+1")
+        dims.append(Dim(_identifier(text[:-2] if plus_one else item, item.loc, "axis"), item.loc, plus_one))
+    return tuple(dims)
 
 
 def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]:
@@ -277,9 +320,12 @@ def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]
                 raise SpecError(f"{what} is missing required key '{key}'", node.loc)
             continue
         child = node.value[key]
-        out[key] = _dims(child, f"{what}.{key}") if f.kind == "axis_list" else _scalar_field(
-            child, f, f"{what}.{key}"
-        )
+        if f.kind == "axis_list":
+            out[key] = _dims(child, f"{what}.{key}")
+        elif f.kind == "mapping":
+            out[key] = _entry(child, f.fields, f"{what}.{key}")
+        else:
+            out[key] = _scalar_field(child, f, f"{what}.{key}")
         out[key + "_loc"] = child.loc
     return out
 
@@ -365,7 +411,11 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
     for aname, (node, loc) in section("axes").items():
         _identifier(aname, loc, "axis")
         e = _entry(node, AXIS_FIELDS, f"axes.{aname}")
-        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"))
+        jagged = None
+        if "jagged" in e:
+            j = e["jagged"]
+            jagged = Jagged(j["offsets"], j["segment"], j["max"], e["jagged_loc"])
+        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged)
 
     tensors: dict[str, Tensor] = {}
     for tname, (node, loc) in section("tensors").items():
@@ -397,7 +447,9 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
     for rname, (node, loc) in section("rules").items():
         rules[rname] = RuleSwitch(rname, _scalar_field(node, SCHEMA["rules"].entry, f"rules.{rname}"), loc)
 
+    lowering = _scalar_field(top["lowering"], SCHEMA["lowering"], "lowering") if "lowering" in top else None
     _check_names(params, axes, tensors, accumulators, compute)
+    _check_jagged(axes, tensors)
     for t in tensors.values():
         _check_dims_known(t.dims, axes, f"tensor '{t.name}'")
     for a in accumulators.values():
@@ -416,11 +468,39 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
         accumulators=accumulators,
         compute=compute,
         rules=rules,
+        lowering=lowering,
+        lowering_loc=top["lowering"].loc if "lowering" in top else None,
         file=file,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         name_loc=top["name"].loc,
         overrides=dict(overrides or {}),
     )
+
+
+def _check_jagged(axes: dict[str, Axis], tensors: dict[str, Tensor]) -> None:
+    for a in axes.values():
+        j = a.jagged
+        if j is None:
+            continue
+        if j.segment not in axes:
+            raise SpecError(f"jagged axis '{a.name}' names unknown segment axis '{j.segment}'", j.loc, did_you_mean(j.segment, axes))
+        if axes[j.segment].block is not None or axes[j.segment].jagged is not None:
+            raise SpecError(f"segment axis '{j.segment}' must be a plain axis without a block", axes[j.segment].loc)
+        if j.offsets not in tensors:
+            raise SpecError(f"jagged axis '{a.name}' names unknown offsets tensor '{j.offsets}'", j.loc, did_you_mean(j.offsets, tensors))
+        offsets = tensors[j.offsets]
+        if offsets.dtype != "int32" or len(offsets.dims) != 1 or not offsets.dims[0].plus_one or offsets.dims[0].axis != j.segment:
+            raise SpecError(
+                f"offsets tensor '{j.offsets}' must be int32 with dims [{j.segment}+1]", offsets.loc
+            )
+        if a.block is None:
+            raise SpecError(f"jagged axis '{a.name}' needs a block", a.loc, f"set axes.{a.name}.block")
+        if j.max in axes or j.max in tensors:
+            raise SpecError(f"jagged max '{j.max}' clashes with an axis or tensor name", j.loc)
+    for t in tensors.values():
+        for d in t.dims:
+            if d.plus_one and not any(a.jagged and a.jagged.offsets == t.name for a in axes.values()):
+                raise SpecError(f"'{d.axis}+1' is only for offsets tensors of jagged axes", d.loc)
 
 
 def _check_dims_known(dims: tuple[Dim, ...], axes: dict[str, Axis], what: str) -> None:
@@ -448,12 +528,14 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             owners[name] = (kind, item.loc)
     derived = {}
     for a in axes:
-        derived[f"block_{a}"] = a
-        derived[f"{a}_start"] = a
-        derived[f"{a}_index"] = a
+        for pattern in ("block_{}", "{}_start", "{}_index", "{}_size", "num_{}_tiles"):
+            derived[pattern.format(a)] = a
     for t in (*tensors, *accumulators):
-        derived[f"{t}_ref"] = t
-        derived[f"{t}_out_ref"] = t
+        for pattern in ("{}_ref", "{}_out_ref", "{}_hbm_ref", "{}_out_hbm_ref"):
+            derived[pattern.format(t)] = t
+    for v in (*tensors, *(st.name for st in compute)):
+        for pattern in ("{}_t", "{}_masked"):
+            derived[pattern.format(v)] = v
     for name, (kind, loc) in owners.items():
         if name in derived:
             raise SpecError(

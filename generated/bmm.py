@@ -15,7 +15,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 def _mask_tail(x, axis, start, size, fill):
     """`x` with `fill` wherever its position along `axis`, counted from `start`, is at or past `size`."""
-    if size % x.shape[axis] == 0:
+    if isinstance(size, int) and size % x.shape[axis] == 0:
         return x  # the axis splits into whole blocks: no block overhangs
     position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.where(position < size, x, fill)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from codegen.verify import load_module, lower_for_tpu
+from codegen.verify import Case, load_module, lower_for_tpu
 
 from conftest import KERNELS, SPECS, build_text, checked_in_module
 
@@ -171,7 +171,7 @@ def test_lowers_for_tpu(name):
     plan = plan_spec(SPECS / f"{name}.yaml")[1]
     module = checked_in_module(name)
     for sizes in (SIZES[name], {a: n - 3 if n > 8 else n for a, n in SIZES[name].items()}):
-        text = lower_for_tpu(module, plan, sizes)
+        text = lower_for_tpu(module, plan, Case("t", sizes))
         assert "tpu_custom_call" in text
 
 

@@ -152,10 +152,32 @@ class _Entry:
             out.append(f"pltpu.VMEM({_tuple(dims)}, {JNP_DTYPE[self.k.accumulators[name].dtype]})")
         return out
 
+    def empty_totals(self) -> None:
+        """Jagged axes whose segments are all empty: no kernel, or a stand-in row to point at."""
+        k = self.k
+        jagged = [a for a in k.axes if k.axes[a].jagged]
+        out_axes = [a for a in jagged if all(a in t.dims for t in k.outputs)]
+        for a in out_axes:
+            empties = ", ".join(f"jnp.zeros({self.shape(t)}, {JNP_DTYPE[t.dtype]})" for t in k.outputs)
+            self.lines.append(f"if {a} == 0:  # every segment is empty: nothing to compute")
+            self.lines.append(f"    return {empties}")
+        for a in jagged:
+            if a in out_axes:
+                continue
+            padded = [t for t in k.inputs if a in t.dims and not t.offsets_of]
+            if not padded:
+                continue
+            self.lines.append(f"if {a} == 0:  # no rows in any segment: the offsets keep every read off this stand-in row")
+            for t in padded:
+                shape = _tuple(["1" if d == a else d for d in t.dims])
+                self.lines.append(f"    {t.name} = jnp.zeros({shape}, {JNP_DTYPE[t.dtype]})")
+
     def build(self, kernel) -> list[str]:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
+        if p.lowering != "pallas_grid":
+            self.empty_totals()
         self.block_sizes()
         args = [t.name for t in k.offsets] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:

@@ -168,6 +168,8 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
     _check_input("k", k, (b, skv, h, d), jnp.bfloat16)
     _check_input("v", v, (b, skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
+    if sq == 0:  # every segment is empty: nothing to compute
+        return jnp.zeros((sq, h, d), jnp.bfloat16)
     block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
     num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
     kernel = functools.partial(

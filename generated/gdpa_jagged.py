@@ -223,6 +223,11 @@ def gdpa_jagged(
     _check_input("v", v, (skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
     _check_input("kv_offsets", kv_offsets, (b + 1,), jnp.int32)
+    if sq == 0:  # every segment is empty: nothing to compute
+        return jnp.zeros((sq, h, d), jnp.bfloat16)
+    if skv == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
+        k = jnp.zeros((1, h, d), jnp.bfloat16)
+        v = jnp.zeros((1, h, d), jnp.bfloat16)
     block_sq = _block_size("block_sq", block_sq, max_seq_len_q, 1)
     block_skv = _block_size("block_skv", block_skv, max_seq_len_kv, 1)
     num_sq_tiles = pl.cdiv(max_seq_len_q, block_sq)

@@ -9,7 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 GENERATED = ROOT / "generated"
-KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
+DENSE_KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
+KERNELS = DENSE_KERNELS + ("gdpa", "gdpa_jagged")
 
 
 def write_spec(folder: Path, text: str, name: str = "k.yaml") -> Path:

@@ -85,3 +85,11 @@ def test_verify_reports_a_wrong_kernel(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(verify, "reference", off_by_one)
     assert main(["verify", str(SPECS / "exp.yaml")]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_verify_a_jagged_kernel(capsys):
+    assert main(["verify", str(SPECS / "gdpa_jagged.yaml")]) == 0
+    out = capsys.readouterr().out
+    for case in ("mixed segments", "a single segment", "all empty but one"):
+        assert case in out
+    assert "verify gdpa_jagged: passed" in out

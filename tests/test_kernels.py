@@ -14,7 +14,7 @@ import pytest
 
 from codegen.verify import Case, load_module, lower_for_tpu
 
-from conftest import KERNELS, SPECS, build_text, checked_in_module
+from conftest import DENSE_KERNELS, SPECS, build_text, checked_in_module
 
 RNG = np.random.default_rng(1234)
 
@@ -164,7 +164,7 @@ SIZES = {
 }
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", DENSE_KERNELS)
 def test_lowers_for_tpu(name):
     from codegen.build import plan_spec
 

@@ -30,3 +30,20 @@ def test_reference_bmm_softmax_axpy():
     np.testing.assert_allclose(reference(ir_of("softmax"), {"x": x}, {"m": 3, "n": 9})["out"], softmax_rows(x), rtol=1e-6)
     y = rng.standard_normal((3, 9))
     np.testing.assert_allclose(reference(ir_of("axpy"), {"x": x, "y": y}, {"m": 3, "n": 9})["y"], y + 2 * x, rtol=1e-6)
+
+
+def test_reference_evaluates_each_segment_on_its_own_rows():
+    from test_jagged import dense_inputs, gdpa_reference, jagged_inputs
+
+    q, k, v, o = dense_inputs([0, 3, 5])
+    sizes = {"b": 3, "sq": 8, "skv": k.shape[1], "h": q.shape[1], "d": q.shape[2]}
+    inputs = {"q": np.asarray(q, np.float32), "k": np.asarray(k, np.float32), "v": np.asarray(v, np.float32), "q_offsets": o}
+    got = reference(ir_of("gdpa"), inputs, sizes)["out"]
+    np.testing.assert_allclose(got, gdpa_reference(q, k, v, o), rtol=1e-2, atol=1e-2)
+    q, k, v, qo, ko = jagged_inputs([2, 0, 4], [3, 5, 0])
+    sizes = {"b": 3, "sq": 6, "skv": 8, "h": q.shape[1], "d": q.shape[2]}
+    inputs = {"q": np.asarray(q, np.float32), "k": np.asarray(k, np.float32), "v": np.asarray(v, np.float32),
+              "q_offsets": qo, "kv_offsets": ko}
+    got = reference(ir_of("gdpa_jagged"), inputs, sizes)["out"]
+    np.testing.assert_allclose(got, gdpa_reference(q, k, v, qo, ko), rtol=1e-2, atol=1e-2)
+    assert (got[2:] == 0).all()  # segment 2 has no kv rows

@@ -47,7 +47,8 @@ def test_entry_point_signature(name):
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
     assert [a.arg for a in fn.args.args] == [t for t in _inputs(name)]
     keywords = [a.arg for a in fn.args.kwonlyargs]
-    assert keywords[-1] == "interpret" and all(k.startswith("block_") for k in keywords[:-1])
+    assert keywords[-1] == "interpret"
+    assert all(k.startswith(("block_", "max_seq_len")) for k in keywords[:-1])
     source = ast.unparse(fn)
     assert "pl.CostEstimate(" in source
 

@@ -135,12 +135,18 @@ class TensorInfo:
     read: bool
     written: bool
     loc: Location
-    offsets_of: str | None = None  # the jagged axis whose segment offsets this holds
+    scalar: str | None = None  # scalar-prefetched: "offsets" (jagged), "table" or "lengths" (paged)
+    scalar_of: str | None = None  # the axis it describes
+    fused: tuple[tuple[str, ...], ...] = ()  # the caller's dims: groups of axes stored as one dim
+
+    @property
+    def offsets_of(self) -> str | None:
+        return self.scalar_of if self.scalar == "offsets" else None
 
     @property
     def role(self) -> str:
-        if self.offsets_of:
-            return "offsets"
+        if self.scalar:
+            return self.scalar
         if self.read and self.written:
             return "inout"
         return "output" if self.written else "input"
@@ -184,11 +190,12 @@ class KernelIR:
     @property
     def inputs(self) -> list[TensorInfo]:
         """Entry-point arguments, in spec order: tensors read, and offsets tensors."""
-        return [t for t in self.tensors.values() if t.read or t.offsets_of]
+        return [t for t in self.tensors.values() if t.read or t.scalar]
 
     @property
-    def offsets(self) -> list[TensorInfo]:
-        return [t for t in self.tensors.values() if t.offsets_of]
+    def scalars(self) -> list[TensorInfo]:
+        """Tensors scalar-prefetched to SMEM (offsets, page tables, lengths), in spec order."""
+        return [t for t in self.tensors.values() if t.scalar]
 
     def jagged(self, axis: str):
         return self.axes[axis].jagged
@@ -197,8 +204,8 @@ class KernelIR:
         """`dims` with the segment axis of each jagged axis among them: what a value really varies over."""
         out = set(dims)
         for d in dims:
-            if self.axes[d].jagged:
-                out.add(self.axes[d].jagged.segment)
+            if self.axes[d].segment:
+                out.add(self.axes[d].segment)
         return out
 
     @property
@@ -274,8 +281,8 @@ class _Lowering:
     def closure(self, dims) -> set[str]:
         out = set(dims)
         for d in dims:
-            if self.spec.axes[d].jagged:
-                out.add(self.spec.axes[d].jagged.segment)
+            if self.spec.axes[d].segment:
+                out.add(self.spec.axes[d].segment)
         return out
 
     def count(self, table, dims, n=1):
@@ -317,8 +324,10 @@ class _Lowering:
             return self.env[n]
         if n in spec.tensors:
             t = spec.tensors[n]
-            if any(a.jagged and a.jagged.offsets == n for a in spec.axes.values()):
-                raise SpecError(f"'{n}' holds segment offsets; compute cannot read it", e.loc)
+            role, _ = _scalar_role(spec, n)
+            if role:
+                what = {"offsets": "segment offsets", "table": "a page table", "lengths": "lengths"}[role]
+                raise SpecError(f"'{n}' holds {what}, which the kernel reads from SMEM; compute cannot read it", e.loc)
             if n in self.tensor_writes:
                 raise SpecError(
                     f"tensor '{n}' is read after it is written (line {self.tensor_writes[n].line})",
@@ -507,8 +516,8 @@ class _Lowering:
             if acc.name not in self.updated:
                 raise SpecError(f"accumulator '{acc.name}' is never updated", acc.loc, f"add a compute statement '{acc.name}: ...'")
         for t in spec.tensors.values():
-            is_offsets = any(a.jagged and a.jagged.offsets == t.name for a in spec.axes.values())
-            if t.name not in self.tensor_reads and t.name not in self.tensor_writes and not is_offsets:
+            is_scalar = _scalar_role(spec, t.name)[0] is not None
+            if t.name not in self.tensor_reads and t.name not in self.tensor_writes and not is_scalar:
                 raise SpecError(f"tensor '{t.name}' is neither read nor written", t.loc)
         if not self.tensor_writes:
             raise SpecError("compute writes no tensor", spec.compute[0].loc, "assign to a tensor name to produce an output")
@@ -527,7 +536,7 @@ class _Lowering:
         tensors = {
             t.name: TensorInfo(
                 t.name, t.axes, t.dtype, t.name in self.tensor_reads, t.name in self.tensor_writes, t.loc,
-                offsets_of=next((a.name for a in spec.axes.values() if a.jagged and a.jagged.offsets == t.name), None),
+                *_scalar_role(spec, t.name), fused=t.fused,
             )
             for t in spec.tensors.values()
         }
@@ -596,6 +605,18 @@ def _assign_phases(statements: list[Statement], ordered: str | None, spec: Spec)
         Statement(st.name, st.value, st.target, "final" if st.target == "tensor" else phase[st.name], st.loc)
         for st in out
     ]
+
+
+def _scalar_role(spec: Spec, tensor: str) -> tuple[str | None, str | None]:
+    """Whether a tensor describes an axis (segment offsets, a page table, lengths), and which."""
+    for a in spec.axes.values():
+        if a.jagged and a.jagged.offsets == tensor:
+            return "offsets", a.name
+        if a.paged and a.paged.table == tensor:
+            return "table", a.name
+        if a.paged and a.paged.lengths == tensor:
+            return "lengths", a.name
+    return None, None
 
 
 def lower(spec: Spec) -> KernelIR:

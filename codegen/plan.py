@@ -43,7 +43,9 @@ class AxisPlan:
 class Operand:
     tensor: str
     ref: str  # kernel parameter name
-    memory: str  # "blocked" (VMEM blocks via BlockSpec) | "any" (left in HBM, not copied)
+    # "blocked": VMEM blocks via a BlockSpec; "any": left in HBM, not copied; "paged": left
+    # in HBM, its pages DMA'd by the kernel into VMEM slots.
+    memory: str
     buffers: int = 2
     alias_output: int | None = None  # index into outputs, for aliased inputs
 
@@ -76,12 +78,17 @@ class Plan:
     # "pallas_grid": BlockSpecs on the pallas_call grid. For kernels with jagged axes,
     # "outer_pipeline": one emit_pipeline over every grid axis; "grid": a pallas_call grid
     # over segments, each running an emit_pipeline over its tiles.
-    lowering: str = "pallas_grid"
+    lowering: str = "pallas_grid"  # or "outer_pipeline", "grid", "paged"
     lowering_reason: str = ""
     pipeline_grid: list[str] = field(default_factory=list)
     # Loads masked where they are loaded (tensor -> (axis, fill)); other masks sit at the
     # reduction that needs them.
     mask_at_load: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Paged operands: VMEM slots per operand, whether the next block's DMA is started before
+    # this block is computed on, and whether each slot has its own DMA semaphore.
+    paged_slots: int = 2
+    paged_prefetch: bool = True
+    semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
@@ -104,13 +111,13 @@ class Plan:
     @property
     def block_grid(self) -> list[str]:
         """The grid whose indices BlockSpecs see: the pipeline's, or the pallas_call's."""
-        return self.pipeline_grid if self.lowering != "pallas_grid" else self.grid
+        return self.pipeline_grid if self.lowering in ("outer_pipeline", "grid") else self.grid
 
     @property
     def ragged_axes(self) -> set[str]:
         """Axes whose last block can overhang what a reduction may see: the ordered axis."""
         o = self.ir.ordered_axis
-        return {o} if o is not None and self.axes[o].blocked else set()
+        return {o} if o is not None and self.axes[o].mode in ("tiled", "jagged", "paged") else set()
 
     @property
     def aliases(self) -> dict[int, int]:
@@ -292,17 +299,33 @@ class _Layouts:
                     ) from None
 
 
-def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:
+def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
     last_two: dict[str, list[tuple[str, int]]] = {}
+    used: set[str] = {d for acc in k.accumulators.values() for d in acc.dims}
     for t in k.tensors.values():
+        if t.scalar:
+            continue  # scalar-prefetched to SMEM: no blocks, no tiling
+        used |= set(t.dims)
         for pos, d in enumerate(t.dims[-2:]):
             need = LANES if pos == len(t.dims[-2:]) - 1 else sublane_tile(t.dtype)
             last_two.setdefault(d, []).append((t.name, need))
     plans = {}
-    segments = {a.jagged.segment for a in k.axes.values() if a.jagged}
+    segments = {a.segment for a in k.axes.values() if a.segment}
+    used |= segments
     for name, axis in k.axes.items():
         align = math.lcm(*[n for _, n in last_two.get(name, [])]) if name in last_two else 1
-        if axis.jagged:
+        if axis.paged:
+            if name != k.ordered_axis:
+                raise SpecError(f"paged axis '{name}' must be reduced over through accumulators", axis.paged.loc)
+            p = axis.paged
+            plans[name] = AxisPlan(
+                name, "paged", "arbitrary", axis.block, 1,
+                f"paged: position t of segment '{p.segment}' is at page {p.table}[{p.segment}, t // page_size], "
+                f"bounded by {p.lengths}[{p.segment}]; walked in-kernel, {axis.block} pages per compute block",
+            )
+        elif name not in used:
+            plans[name] = AxisPlan(name, "full", None, None, 1, "only in scalar-prefetched tensors")
+        elif axis.jagged:
             ordered = name == k.ordered_axis
             plans[name] = AxisPlan(
                 name, "jagged", "arbitrary" if ordered else "parallel", axis.block, align,
@@ -312,7 +335,7 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:
             )
         elif name in segments:
             plans[name] = AxisPlan(name, "segment", "parallel", None, 1,
-                                   "numbers the segments of jagged axes: one grid step per segment")
+                                   "numbers the segments of jagged or paged axes: one grid step per segment")
         elif name == k.ordered_axis:
             plans[name] = AxisPlan(name, "tiled", "arbitrary", axis.block, align,
                                    "ordered: accumulators are carried across it, so it is the last grid axis, 'arbitrary'")
@@ -332,6 +355,8 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:
 
 def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
     for t in k.tensors.values():
+        if t.scalar:
+            continue
         tail = t.dims[-2:]
         for pos, d in enumerate(tail):
             a = axes[d]
@@ -366,6 +391,8 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
 
     def extent(axis: str) -> int:
         a = plan.axes[axis]
+        if a.mode == "paged":
+            return a.block * k.axes[axis].paged.page_size
         if a.blocked:
             return a.block
         if k.axes[axis].max is not None:
@@ -378,6 +405,14 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
         return [1 if one else extent(d) for d, one in layout]
 
     items = []
+    for op in plan.inputs:
+        if op.memory != "paged":
+            continue
+        t = k.tensors[op.tensor]
+        axis = next(d for d in t.dims if plan.axes[d].mode == "paged")
+        rows = plan.axes[axis].block * k.axes[axis].paged.page_size
+        shape = [rows] + [extent(d) for d in t.dims[t.dims.index(axis) + 1:]]
+        items.append((f"{op.tensor} page slots x{plan.paged_slots}", plan.paged_slots * _padded_bytes(shape, t.dtype)))
     for op in plan.inputs + plan.outputs:
         if op.memory != "blocked":
             continue
@@ -403,6 +438,13 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
 def _choose_lowering(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> tuple[str, str]:
     spec = k.spec
     jagged = [a for a in axes.values() if a.mode == "jagged"]
+    if any(a.mode == "paged" for a in axes.values()):
+        if spec.lowering is not None:
+            raise SpecError("lowering applies only to kernels with jagged axes", spec.lowering_loc)
+        return "paged", (
+            "paged: the paged axis is walked inside each grid step, its pages DMA'd from HBM by the "
+            "kernel; grid steps run in order ('arbitrary') because a step starts the next step's DMAs"
+        )
     if not jagged:
         if spec.lowering is not None:
             raise SpecError("lowering applies only to kernels with jagged axes", spec.lowering_loc)
@@ -435,12 +477,21 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
         grid.append(k.ordered_axis)
     lowering, reason = _choose_lowering(k, axes)
     pipeline_grid: list[str] = []
-    if lowering != "pallas_grid":
+    if lowering == "paged":
+        grid = [a for a in grid if axes[a].mode != "paged"]
+        grid.sort(key=lambda a: axes[a].mode != "segment")  # the segment first: empty ones are skipped in order
+        for a in grid:
+            axes[a].semantics = "arbitrary"
+    elif lowering != "pallas_grid":
         pipeline_grid = grid
         grid = [a for a in grid if axes[a].mode == "segment"] if lowering == "grid" else []
         pipeline_grid = [a for a in pipeline_grid if a not in grid]
 
-    inputs = [Operand(t.name, f"{t.name}_ref", "blocked") for t in k.inputs if not t.offsets_of]
+    inputs = [
+        Operand(t.name, f"{t.name}_hbm_ref", "paged") if any(axes[d].mode == "paged" for d in t.dims)
+        else Operand(t.name, f"{t.name}_ref", "blocked")
+        for t in k.inputs if not t.scalar
+    ]
     outputs = []
     for t in k.outputs:
         ref = f"{t.name}_out_ref" if t.read else f"{t.name}_ref"

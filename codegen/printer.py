@@ -74,7 +74,7 @@ def block_spec(plan: Plan, op: Operand) -> str:
         else:
             shape.append(d)
             index.append("0")
-    params = ", ".join(f"{a}_index" for a in plan.block_grid)
+    params = ", ".join([f"{a}_index" for a in plan.block_grid] + (["*_"] if plan.lowering == "paged" else []))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
     return f"pl.BlockSpec({_tuple(shape)}, lambda {params}: {_tuple(index)}{extra})"
 
@@ -192,12 +192,16 @@ class KernelPrinter:
     def tile_start(self, sec: Section) -> str:
         name = f"{self.ordered}_start"
         if name not in sec.loaded:
-            sec.indices.append(f"{name} = {self.ordered}_index * {self.need('block_' + self.ordered)}")
+            paged = self.plan.axes[self.ordered].mode == "paged"
+            block = f"block_{self.ordered}" if paged else self.need("block_" + self.ordered)
+            sec.indices.append(f"{name} = {self.ordered}_index * {block}")
             sec.loaded.add(name)
         return name
 
     def extent(self, axis: str, sec: Section) -> str:
-        """The axis's extent: static for a dense axis, this segment's for a jagged one."""
+        """The axis's extent: static for a dense axis, this segment's for a jagged or paged one."""
+        if self.k.axes[axis].paged:
+            return f"{axis}_size"  # read from the lengths at the top of the kernel
         j = self.k.axes[axis].jagged
         if j is None:
             return self.need(axis)
@@ -268,7 +272,12 @@ class KernelPrinter:
     # -- refs and accumulators
     def load(self, tensor: str, sec: Section) -> str:
         if tensor not in sec.loaded:
-            ref = next(op.ref for op in self.plan.inputs if op.tensor == tensor)
+            op = next(op for op in self.plan.inputs if op.tensor == tensor)
+            ref = op.ref
+            if op.memory == "paged":  # this block's pages, in the slot they were copied to
+                sec.loads.append(f"{tensor} = {tensor}_buffer[slot]")
+                sec.loaded.add(tensor)
+                return tensor
             if tensor in self.plan.mask_at_load:
                 axis, fill = self.plan.mask_at_load[tensor]
                 layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
@@ -487,14 +496,158 @@ def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
     return lines
 
 
+def _paged_kernel(plan: Plan, p: KernelPrinter) -> list[str]:  # noqa: C901
+    """A grid over segments (and heads); the paged axis walked by an in-kernel loop over blocks
+    of pages, each page DMA'd from HBM into a VMEM slot."""
+    k, t = plan.ir, plan.ir.ordered_axis
+    paged_spec = k.axes[t].paged
+    seg = paged_spec.segment
+    paged_ops = [op for op in plan.inputs if op.memory == "paged"]
+    inner = [a for a in plan.grid if a != seg]
+    p.need("pages_per_compute_block")
+    p.need("page_size")
+    lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
+    lines += [
+        f"block_{t} = pages_per_compute_block * page_size",
+        f"{t}_size = {paged_spec.lengths}_ref[{seg}_index]",
+        f"num_{t}_blocks = pl.cdiv({t}_size, block_{t})",
+        "",
+    ]
+
+    def sem(op, slot: str) -> str:
+        per_slot = plan.paged_prefetch and plan.semaphore_per_slot
+        return f"{op.tensor}_sems.at[{slot}]" if per_slot else f"{op.tensor}_sems"
+
+    def leading(op) -> list[str]:
+        dims = k.tensors[op.tensor].dims
+        return list(dims[: dims.index(t)])
+
+    # start_fetch: the DMAs of one block of pages; each page id is read once and serves every
+    # paged tensor. wait_fetch never reads the table: a wait only needs the copy's size.
+    at = [f"{a}_at" for a in plan.grid]
+    fetch = [
+        f"def start_fetch({', '.join(at)}, {t}_block, slot):",
+        f'    """Start the DMAs of block `{t}_block` of pages into `slot`: each page id is read once."""',
+        "    for page in range(pages_per_compute_block):",
+        "",
+        f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
+        "        def _():",
+        f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
+        "            rows = pl.ds(page * page_size, page_size)",
+    ]
+    for op in paged_ops:
+        index = ", ".join([f"{a}_at" for a in leading(op)] + ["page_id"])
+        fetch.append(
+            f"            pltpu.make_async_copy({op.ref}.at[{index}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).start()"
+        )
+    fetch += [
+        "",
+        f"def wait_fetch({t}_block, slot):",
+        f'    """Wait for block `{t}_block` in `slot`; the source of each wait only sizes it, so the table is not read."""',
+        "    for page in range(pages_per_compute_block):",
+        "",
+        f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
+        "        def _():",
+        "            rows = pl.ds(page * page_size, page_size)",
+    ]
+    for op in paged_ops:
+        zeros = ", ".join(["0"] * (len(leading(op)) + 1))
+        fetch.append(f"            pltpu.make_async_copy({op.ref}.at[{zeros}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).wait()")
+    lines += fetch + [""]
+
+    if plan.paged_prefetch:
+        p.need(seg)
+        for a in inner:
+            p.need(a)
+        here = [f"{a}_index" for a in plan.grid]
+        lines += [
+            f"def next_block({t}_block):",
+            f'    """The block after this one in grid order, skipping empty segments; {seg} == {seg} past the last."""',
+            "",
+            f"    def advance_{seg}():",
+            f"        {seg}_at = lax.while_loop(",
+            f"            lambda s: (s < {seg}) & ({paged_spec.lengths}_ref[jnp.minimum(s, {seg} - 1)] == 0), lambda s: s + 1, {seg}_index + 1",
+            "        )",
+            f"        return ({seg}_at, {', '.join(['0'] * len(inner) + ['0'])})",
+            "",
+        ]
+        previous = f"advance_{seg}"
+        for i, a in enumerate(inner):
+            after = ["0"] * (len(inner) - i - 1)
+            nxt = here[: i + 1] + [f"{a}_index + 1"] + after + ["0"]
+            lines += [
+                f"    def advance_{a}():",
+                f"        return lax.cond({a}_index + 1 < {a}, lambda: ({', '.join(nxt)}), {previous})",
+                "",
+            ]
+            previous = f"advance_{a}"
+        lines += [
+            f"    return lax.cond({t}_block + 1 < num_{t}_blocks, lambda: ({', '.join(here)}, {t}_block + 1), {previous})",
+            "",
+        ]
+        lines += [
+            f"@pl.when({' & '.join(f'({a}_index == 0)' for a in plan.grid)})",
+            "def _first_grid_step():",
+            "    slot_ref[0] = 0",
+            "    prefetched_ref[0] = 0  # nothing is in flight yet",
+            "",
+        ]
+    lines += p.init_lines() + [""]
+
+    step = Section("step")
+    step.loaded.add(f"{t}_size")
+    for st in k.statements:
+        if st.phase == "step":
+            p.statement(st, step)
+    here = ", ".join(f"{a}_index" for a in plan.grid)
+    nexts = [f"next_{a}" for a in plan.grid] + [f"next_{t}"]
+    if plan.paged_prefetch:
+        head = [
+            "slot = slot_ref[0]",
+            "",
+            "@pl.when(prefetched_ref[0] == 0)",
+            "def _fetch_this_block():",
+            f"    start_fetch({here}, {t}_index, slot)",
+            "",
+            f"{', '.join(nexts)} = next_block({t}_index)",
+            f"has_next = next_{seg} < {seg}",
+            "",
+            "@pl.when(has_next)",
+            "def _prefetch_next_block():  # in flight while this block is computed on",
+            f"    start_fetch({', '.join(nexts)}, 1 - slot)",
+            "",
+            "prefetched_ref[0] = has_next.astype(jnp.int32)",
+            f"wait_fetch({t}_index, slot)",
+        ]
+        tail = ["slot_ref[0] = 1 - slot"]
+    else:
+        head = ["slot = 0", f"start_fetch({here}, {t}_index, slot)", f"wait_fetch({t}_index, slot)"]
+        tail = []
+    body = head + step.code() + tail + ["return carry"]
+    lines += [f"def step({t}_index, carry):"] + _indent(body) + [""]
+    lines += [f"lax.fori_loop(0, num_{t}_blocks, step, 0)"]
+    lines += p.section("final")
+    p.uses.add("lax")
+    return lines
+
+
 def print_kernel(plan: Plan) -> KernelSource:
     k = plan.ir
     p = KernelPrinter(plan)
+    if plan.lowering == "paged":
+        refs = [f"{t.name}_ref" for t in k.scalars] + [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
+        lines = _paged_kernel(plan, p)
+        refs += [f"{name}_ref" for name in k.accumulators]
+        paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
+        refs += [f"{t}_buffer" for t in paged] + [f"{t}_sems" for t in paged]
+        if plan.paged_prefetch:
+            refs += ["slot_ref", "prefetched_ref"]
+        return KernelSource(f"_{k.name}_kernel", refs, p.static_args, lines, p.uses)
     if plan.lowering == "pallas_grid":
         refs = [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
         lines = _grid_kernel(plan, p)
     else:
-        refs = [f"{t.name}_ref" for t in k.offsets]
+        refs = [f"{t.name}_ref" for t in k.scalars]
         refs += [op.ref.replace("_ref", "_hbm_ref") for op in plan.inputs + plan.outputs]
         lines = _pipeline_kernel(plan, p)
     refs += [f"{name}_ref" for name in k.accumulators]

@@ -9,6 +9,7 @@ import jinja2
 
 from codegen import __version__, ir
 from codegen.chips import ITEMSIZE
+from codegen.errors import SpecError
 from codegen.plan import Plan
 from codegen.printer import JNP_DTYPE, block_spec, literal, param_constant, print_kernel
 
@@ -65,26 +66,64 @@ class _Entry:
         self.bound: list[str] = []
         self.lines: list[str] = []
 
-    def shape(self, t: ir.TensorInfo) -> str:
+    def caller_dims(self, t: ir.TensorInfo) -> list[str]:
+        """The caller's dims of `t`: fused axes multiply, a paged axis is (pages, rows per page)."""
         if t.offsets_of:
-            return f"({t.dims[0]} + 1,)"
+            return [f"{t.dims[0]} + 1"]
+        out = []
+        for group in t.fused or tuple((d,) for d in t.dims):
+            if len(group) == 1 and self.k.axes[group[0]].paged:
+                out += ["num_pages", "page_size"]
+            else:
+                out.append(" * ".join(group))
+        return out
+
+    def shape(self, t: ir.TensorInfo) -> str:
+        return _tuple(self.caller_dims(t))
+
+    def kernel_shape(self, t: ir.TensorInfo) -> str:
         return _tuple(list(t.dims))
 
     def bind_shapes(self) -> None:
+        fused: dict[str, tuple[str, ...]] = {}
         for t in self.k.inputs:
-            new = [d for d in t.dims if d not in self.bound]
             if t.offsets_of:
-                for d in new:
-                    self.lines.append(f"{d} = {t.name}.shape[0] - 1")
-            elif len(new) == len(t.dims):
-                lhs = ", ".join(t.dims) + ("," if len(t.dims) == 1 else "")
-                self.lines.append(f"{lhs} = {t.name}.shape")
+                if t.dims[0] not in self.bound:
+                    self.lines.append(f"{t.dims[0]} = {t.name}.shape[0] - 1")
+                    self.bound.append(t.dims[0])
+                continue
+            names = []
+            for dim in self.caller_dims(t):
+                if " * " in dim:
+                    group = tuple(dim.split(" * "))
+                    name = "_".join(group)
+                    fused[name] = group
+                    names.append(name)
+                else:
+                    names.append(dim)
+            new = [n for n in names if n not in self.bound]
+            if len(new) == len(names):
+                self.lines.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = {t.name}.shape")
             else:
-                for d in new:
-                    self.lines.append(f"{d} = {t.name}.shape[{t.dims.index(d)}]")
+                self.lines += [f"{n} = {t.name}.shape[{names.index(n)}]" for n in new]
             self.bound += new
+        for name, group in fused.items():
+            unknown = [a for a in group if a not in self.bound]
+            if len(unknown) > 1:
+                t = next(t for t in self.k.inputs if group in t.fused)
+                raise SpecError(
+                    f"the sizes of {', '.join(unknown)} cannot be told apart from '{t.name}' alone", t.loc,
+                    "give all but one of them a dim of their own in another input",
+                )
+            if unknown:
+                known = " * ".join(a for a in group if a in self.bound)
+                self.lines.append(f"{unknown[0]} = {name} // ({known})" if " * " in known else f"{unknown[0]} = {name} // {known}")
+                self.bound.append(unknown[0])
         for t in self.k.inputs:
             self.lines.append(f'_check_input("{t.name}", {t.name}, {self.shape(t)}, {JNP_DTYPE[t.dtype]})')
+        for t in self.k.inputs:
+            if t.fused and any(len(g) > 1 for g in t.fused):
+                self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # its fused dims, split")
 
     def unbound_axes(self) -> list[str]:
         needed = {d for t in self.k.tensors.values() for d in t.dims}
@@ -111,7 +150,11 @@ class _Entry:
                 continue
             out.append(d if j.segment not in seen_segments else j.max)
             seen_segments.add(j.segment)
-        out += [d for d in dims if not self.k.axes[d].jagged and d not in seen_segments]
+        for d in dims:
+            paged = self.k.axes[d].paged
+            if paged:  # counted at every sequence's full table width: an upper bound
+                out += ["pages", "page_size"] + ([paged.segment] if paged.segment not in dims else [])
+        out += [d for d in dims if not self.k.axes[d].segment and not self.k.axes[d].paged and d not in seen_segments]
         return tuple(sorted(out))
 
     def cost(self) -> str:
@@ -124,7 +167,7 @@ class _Entry:
 
         bytes_table: dict[tuple[str, ...], int] = {}
         for t in self.k.tensors.values():
-            times = int(t.read) + int(t.written) + int(bool(t.offsets_of))
+            times = int(t.read) + int(t.written) + int(bool(t.scalar))
             key = self.cost_dims(t.dims)
             bytes_table[key] = bytes_table.get(key, 0) + times * ITEMSIZE[t.dtype]
         order = self.axis_order
@@ -179,7 +222,7 @@ class _Entry:
         if p.lowering != "pallas_grid":
             self.empty_totals()
         self.block_sizes()
-        args = [t.name for t in k.offsets] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
+        args = [t.name for t in k.scalars] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:
             if op.tensor not in args:  # an output passed in as well (output_only off)
                 t = k.tensors[op.tensor]
@@ -191,9 +234,23 @@ class _Entry:
             kernel_name = "kernel"
         else:
             kernel_name = kernel.name
-        out_shapes = [f"jax.ShapeDtypeStruct({self.shape(k.tensors[op.tensor])}, {JNP_DTYPE[k.tensors[op.tensor].dtype]})" for op in p.outputs]
+        out_shapes = [f"jax.ShapeDtypeStruct({self.kernel_shape(k.tensors[op.tensor])}, {JNP_DTYPE[k.tensors[op.tensor].dtype]})" for op in p.outputs]
         one = lambda items: items[0] if len(items) == 1 else "[" + ", ".join(items) + "]"  # noqa: E731
-        if p.lowering == "pallas_grid":
+        if p.lowering == "paged":
+            call = [
+                "return pl.pallas_call(",
+                f"    {kernel_name},",
+                "    grid_spec=pltpu.PrefetchScalarGridSpec(",
+                f"        num_scalar_prefetch={len(k.scalars)},",
+                f"        grid={_tuple(list(p.grid))},",
+                f"        in_specs=[{', '.join(block_spec(p, op) if op.memory == 'blocked' else 'pl.BlockSpec(memory_space=pl.ANY)' for op in p.inputs)}],",
+                f"        out_specs={one([block_spec(p, op) for op in p.outputs])},",
+                f"        scratch_shapes=[{', '.join(self.scratch() + self.paged_scratch())}],",
+                "    ),",
+                f"    out_shape={one(out_shapes)},",
+            ]
+            semantics = [p.axes[a].semantics for a in p.grid]
+        elif p.lowering == "pallas_grid":
             grid = _tuple([f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]) if p.grid else "()"
             in_specs = [block_spec(p, op) for op in p.inputs]
             out_specs = [block_spec(p, op) for op in p.outputs]
@@ -214,7 +271,7 @@ class _Entry:
                 "return pl.pallas_call(",
                 f"    {kernel_name},",
                 "    grid_spec=pltpu.PrefetchScalarGridSpec(",
-                f"        num_scalar_prefetch={len(k.offsets)},",
+                f"        num_scalar_prefetch={len(k.scalars)},",
                 f"        grid={grid},",
                 f"        in_specs=[{', '.join('pl.BlockSpec(memory_space=pl.ANY)' for _ in p.inputs)}],",
                 f"        out_specs={one(['pl.BlockSpec(memory_space=pl.ANY)' for _ in p.outputs])},",
@@ -225,7 +282,7 @@ class _Entry:
             # The outer pipeline is one sequential walk; the grid lowering's segments are independent.
             semantics = [p.axes[a].semantics for a in p.grid] or ["arbitrary"]
         if p.aliases:
-            offset = len(k.offsets)
+            offset = len(k.scalars)
             aliases = ", ".join(f"{i + offset}: {o}" for i, o in p.aliases.items())
             call += [
                 "    # jax 0.10's TPU interpret mode returns an aliased output at its block-padded",
@@ -241,12 +298,34 @@ class _Entry:
             "    interpret=_interpret_mode(interpret),",
             f")({', '.join(args)})",
         ]
+        fused_outputs = [op for op in p.outputs if any(len(g) > 1 for g in k.tensors[op.tensor].fused)]
+        if fused_outputs:  # outputs come back with their fused dims split: join them again
+            names = [op.tensor for op in p.outputs]
+            call[0] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
+            joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
+            call.append(f"return {', '.join(joined)}")
         return self.lines + call
+
+    def paged_scratch(self) -> list[str]:
+        p, k = self.plan, self.k
+        out = []
+        paged = [op for op in p.inputs if op.memory == "paged"]
+        for op in paged:
+            t = k.tensors[op.tensor]
+            axis = next(d for d in t.dims if p.axes[d].mode == "paged")
+            rows = [f"pages_per_compute_block * page_size"] + list(t.dims[t.dims.index(axis) + 1:])
+            out.append(f"pltpu.VMEM({_tuple([str(p.paged_slots)] + rows)}, {JNP_DTYPE[t.dtype]})")
+        sems = "pltpu.SemaphoreType.DMA((2,))" if p.paged_prefetch and p.semaphore_per_slot else "pltpu.SemaphoreType.DMA(())"
+        out += [sems for _ in paged]
+        if p.paged_prefetch:
+            out += ["pltpu.SMEM((1,), jnp.int32)", "pltpu.SMEM((1,), jnp.int32)"]
+        return out
 
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
         keywords = self.unbound_axes() + self.jagged_maxima()
         keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
+        keywords += [f"pages_per_compute_block={a.block}" for a in self.plan.axes.values() if a.mode == "paged"]
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 
@@ -261,7 +340,7 @@ class _Entry:
             jagged = [d for d in t.dims if k.axes[d].jagged]
             if jagged and not t.offsets_of:
                 note = f" {', '.join(jagged)}: the rows of all segments, one after another."
-            shown = f"{t.dims[0]}+1" if t.offsets_of else ", ".join(t.dims)
+            shown = ", ".join(self.caller_dims(t)).replace(" * ", "*").replace(" + ", "+")
             lines.append(f"  {t.name}: {t.dtype}[{shown}].{note}")
         for a in self.unbound_axes():
             lines.append(f"  {a}: extent of axis {a}.")
@@ -270,10 +349,14 @@ class _Entry:
                 lines.append(f"  {a.jagged.max}: the largest extent of {a.name} in any segment (it sizes the grid).")
         for a in self.blocked_axes():
             lines.append(f"  block_{a}: tile size along {a}.")
+        for a in self.plan.axes.values():
+            if a.mode == "paged":
+                lines.append(f"  pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
         lines.append("  interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.")
         lines += ["", "Returns:"]
         for t in k.outputs:
-            lines.append(f"  {t.name}: {t.dtype}[{', '.join(t.dims)}].")
+            shown = ", ".join(self.caller_dims(t)).replace(" * ", "*")
+            lines.append(f"  {t.name}: {t.dtype}[{shown}].")
         return docstring("\n".join(lines), "    ")
 
 

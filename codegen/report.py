@@ -28,7 +28,7 @@ def format_plan(plan: Plan) -> str:
     for name, a in plan.axes.items():
         grid = str(plan.grid.index(name)) if name in plan.grid else "-"
         block = {"tiled": f"{a.block}", "jagged": f"{a.block}", "squeezed": "1 (squeezed)",
-                 "segment": "1 (squeezed)", "full": "whole extent"}[a.mode]
+                 "segment": "1 (squeezed)", "full": "whole extent", "paged": f"{a.block} pages"}[a.mode]
         grid = str((plan.grid + plan.pipeline_grid).index(name)) if name in plan.grid + plan.pipeline_grid else "-"
         rows.append([name, a.mode, block, grid, a.semantics or "-", a.reason])
     out += _table(["axis", "mode", "block", "grid", "semantics", "why"], rows)
@@ -42,12 +42,21 @@ def format_plan(plan: Plan) -> str:
 
     out.append(f"lowering: {plan.lowering_reason}" if plan.lowering_reason else "")
     out.append(f"pallas_call grid: ({', '.join(extent(a) for a in plan.grid)})" if plan.grid else "pallas_call grid: (1,)")
-    if plan.lowering != "pallas_grid":
+    if plan.lowering == "paged":
+        scalars = ", ".join(t.name for t in k.scalars)
+        out.append(f"scalar prefetch (SMEM): {scalars}; each page id is read once per block, for every paged tensor")
+        if plan.paged_prefetch:
+            out.append("prefetch: the next block's DMAs (maybe of the next grid step) start before this block is computed on; empty segments are skipped")
+        else:
+            out.append("prefetch: none; each block is fetched and waited for before it is computed on")
+    elif plan.lowering != "pallas_grid":
         semantics = ", ".join(plan.axes[a].semantics for a in plan.pipeline_grid)
         out.append(f"emit_pipeline grid: ({', '.join(extent(a) for a in plan.pipeline_grid)}), semantics ({semantics})")
-        offsets = ", ".join(t.name for t in k.offsets)
+        offsets = ", ".join(t.name for t in k.scalars)
         out.append(f"scalar prefetch (SMEM): {offsets}; every tensor stays in HBM (pl.ANY) and the pipeline moves its blocks")
-    if k.ordered_axis:
+    if k.ordered_axis and plan.lowering == "paged":
+        out.append(f"loop: '{k.ordered_axis}' is walked by a loop inside each grid step; accumulators init before it, finalize after it")
+    elif k.ordered_axis:
         out.append(f"loop: '{k.ordered_axis}' is walked in order, last in the grid; accumulators init on its first step, finalize on its last")
     out.append("")
 
@@ -57,10 +66,13 @@ def format_plan(plan: Plan) -> str:
         t = k.tensors[op.tensor]
         if op.memory == "any":
             where = "HBM (pl.ANY), not copied"
+        elif op.memory == "paged":
+            sems = "a DMA semaphore per slot" if plan.semaphore_per_slot else "one DMA semaphore for both slots"
+            where = f"HBM (pl.ANY); pages DMA'd into {plan.paged_slots} VMEM slot{'s' if plan.paged_slots > 1 else ''}, {sems}"
         else:
             where = f"VMEM block ({', '.join(_block(plan, d) for d in t.dims)}), {op.buffers} buffer{'s' if op.buffers > 1 else ''}"
         notes = [f"aliased to output {op.alias_output}"] if op.alias_output is not None else []
-        if op.memory != "any" and plan.reuse(op.tensor):
+        if op.memory == "blocked" and plan.reuse(op.tensor):
             notes.append(plan.reuse(op.tensor))
         rows.append(["in", op.tensor, f"{t.dtype}[{', '.join(t.dims)}]", where, "; ".join(notes)])
     for i, op in enumerate(plan.outputs):

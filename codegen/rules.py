@@ -124,3 +124,47 @@ class DeferredMask(Rule):
 
 RULES = (*RULES, DeferredMask())
 RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class PagedPrefetch(Rule):
+    name = "paged_prefetch"
+    seed = "seed 003 (hw-native-sys #704)"
+    summary = "the next block of pages is DMA'd into the other VMEM slot before the current block is computed on"
+
+    def apply(self, plan, enabled):
+        paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
+        if not paged:
+            return [Decision(self.name, "-", False, "no paged operand")]
+        names = ", ".join(paged)
+        if enabled:
+            return [Decision(
+                self.name, names, True,
+                "two VMEM slots; while one block is computed on, the next one's pages (of this head, the next "
+                "head or the next non-empty sequence) are in flight into the other slot",
+            )]
+        plan.paged_slots, plan.paged_prefetch = 1, False
+        return [Decision(self.name, names, False, "rule off: one slot; each block is fetched, waited for, then computed on")]
+
+
+class SlotSemaphores(Rule):
+    name = "slot_semaphores"
+    seed = "seed 003's follow-up race fix"
+    summary = "each VMEM slot of a paged operand has its own DMA semaphore"
+
+    def apply(self, plan, enabled):
+        paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
+        if not paged or not plan.paged_prefetch:
+            return [Decision(self.name, "-", False, "no double-buffered paged operand")]
+        names = ", ".join(paged)
+        if enabled:
+            return [Decision(self.name, names, True, "a wait on a slot's semaphore is satisfied only by that slot's DMAs")]
+        plan.semaphore_per_slot = False
+        return [Decision(
+            self.name, names, False,
+            "rule off: both slots share one semaphore, so a wait for this slot can be satisfied by the "
+            "prefetch into the other one and the block is read before it lands (the race seed 003's project hit)",
+        )]
+
+
+RULES = (*RULES, PagedPrefetch(), SlotSemaphores())
+RULE_NAMES = tuple(r.name for r in RULES)

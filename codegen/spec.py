@@ -18,7 +18,8 @@ from codegen.errors import Location, SpecError, did_you_mean
 from codegen.source import Node, load_yaml
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
-DIM = re.compile(r"^[a-z][a-z0-9_]*(\+1)?$")  # AXIS, or AXIS+1 for an offsets tensor
+# AXIS; AXIS+1 for an offsets tensor; A*B for two axes stored as one dim (A major).
+DIM = re.compile(r"^[a-z][a-z0-9_]*((\+1)|(\*[a-z][a-z0-9_]*)+)?$")
 DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
 # Names the generated module itself uses at module or kernel scope.
 RESERVED = frozenset(
@@ -51,10 +52,22 @@ JAGGED_FIELDS = {
     "segment": Field("identifier", "The axis that numbers the segments.", True),
     "max": Field("identifier", "Entry-point keyword giving the largest segment extent.", True),
 }
+PAGED_FIELDS = {
+    "table": Field("identifier", "Tensor [SEGMENT, PAGES] of int32 page ids, scalar-prefetched.", True),
+    "lengths": Field("identifier", "Tensor [SEGMENT] of int32 extents, scalar-prefetched.", True),
+    "segment": Field("identifier", "The axis that numbers the sequences.", True),
+    "page_size": Field("int", "Rows per page expected; sizes the VMEM estimate only (default 16)."),
+}
 AXIS_FIELDS = {
-    "block": Field("int", "Tile size along this axis; the axis becomes a grid dimension."),
+    "block": Field("int", "Tile size along this axis (for a paged axis: pages per compute block)."),
     "max": Field("int", "Largest extent expected; sizes the VMEM estimate of full-extent axes."),
     "jagged": Field("mapping", "Per-segment extent from an offsets tensor.", fields=JAGGED_FIELDS),
+    "paged": Field(
+        "mapping",
+        "Positions stored in pages: position t of segment s lives at "
+        "[TABLE[s, t // page_size], t % page_size], bounded by LENGTHS[s].",
+        fields=PAGED_FIELDS,
+    ),
 }
 LOWERINGS = ("outer_pipeline", "grid")
 TENSOR_FIELDS = {
@@ -155,6 +168,15 @@ class Jagged:
 
 
 @dataclass(frozen=True)
+class Paged:
+    table: str
+    lengths: str
+    segment: str
+    page_size: int  # for the VMEM estimate
+    loc: Location
+
+
+@dataclass(frozen=True)
 class Axis:
     name: str
     block: int | None
@@ -162,6 +184,14 @@ class Axis:
     loc: Location
     block_loc: Location | None = None
     jagged: Jagged | None = None
+    paged: Paged | None = None
+
+    @property
+    def segment(self) -> str | None:
+        """The axis numbering the segments that this axis's extent depends on."""
+        if self.jagged:
+            return self.jagged.segment
+        return self.paged.segment if self.paged else None
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,7 @@ class Dim:
     axis: str
     loc: Location
     plus_one: bool = False  # AXIS+1: the length of an offsets tensor
+    fused_with_next: bool = False  # A*B: this axis and the next are stored as one dim
 
 
 @dataclass(frozen=True)
@@ -181,6 +212,17 @@ class Tensor:
     @property
     def axes(self) -> tuple[str, ...]:
         return tuple(d.axis for d in self.dims)
+
+    @property
+    def fused(self) -> tuple[tuple[str, ...], ...]:
+        """The dims as the caller's array stores them: groups of axes fused into one dim."""
+        groups, current = [], []
+        for d in self.dims:
+            current.append(d.axis)
+            if not d.fused_with_next:
+                groups.append(tuple(current))
+                current = []
+        return tuple(groups)
 
 
 @dataclass(frozen=True)
@@ -304,6 +346,11 @@ def _dims(node: Node, what: str) -> tuple[Dim, ...]:
     for item in node.value:
         text = item.value if isinstance(item.value, str) else ""
         plus_one = text.endswith("+1")
+        if "*" in text:
+            parts = text.split("*")
+            for i, part in enumerate(parts):
+                dims.append(Dim(_identifier(part, item.loc, "axis"), item.loc, fused_with_next=i < len(parts) - 1))
+            continue
         dims.append(Dim(_identifier(text[:-2] if plus_one else item, item.loc, "axis"), item.loc, plus_one))
     return tuple(dims)
 
@@ -411,11 +458,16 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
     for aname, (node, loc) in section("axes").items():
         _identifier(aname, loc, "axis")
         e = _entry(node, AXIS_FIELDS, f"axes.{aname}")
-        jagged = None
+        jagged = paged = None
         if "jagged" in e:
             j = e["jagged"]
             jagged = Jagged(j["offsets"], j["segment"], j["max"], e["jagged_loc"])
-        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged)
+        if "paged" in e:
+            g = e["paged"]
+            paged = Paged(g["table"], g["lengths"], g["segment"], g.get("page_size", 16), e["paged_loc"])
+        if jagged and paged:
+            raise SpecError(f"axis '{aname}' cannot be both jagged and paged", e["paged_loc"])
+        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged, paged)
 
     tensors: dict[str, Tensor] = {}
     for tname, (node, loc) in section("tensors").items():
@@ -501,6 +553,22 @@ def _check_jagged(axes: dict[str, Axis], tensors: dict[str, Tensor]) -> None:
         for d in t.dims:
             if d.plus_one and not any(a.jagged and a.jagged.offsets == t.name for a in axes.values()):
                 raise SpecError(f"'{d.axis}+1' is only for offsets tensors of jagged axes", d.loc)
+    paged = [a for a in axes.values() if a.paged]
+    if len(paged) > 1:
+        raise SpecError("one paged axis is supported", paged[1].paged.loc)
+    for a in paged:
+        g = a.paged
+        if g.segment not in axes or axes[g.segment].block is not None:
+            raise SpecError(f"paged axis '{a.name}' needs a plain segment axis, got '{g.segment}'", g.loc, did_you_mean(g.segment, axes))
+        for role, name, rank in (("table", g.table, 2), ("lengths", g.lengths, 1)):
+            if name not in tensors:
+                raise SpecError(f"paged axis '{a.name}' names unknown {role} tensor '{name}'", g.loc, did_you_mean(name, tensors))
+            t = tensors[name]
+            if t.dtype != "int32" or len(t.dims) != rank or t.dims[0].axis != g.segment:
+                shape = f"[{g.segment}, PAGES]" if rank == 2 else f"[{g.segment}]"
+                raise SpecError(f"{role} tensor '{name}' must be int32 with dims {shape}", t.loc)
+        if a.block is None:
+            raise SpecError(f"paged axis '{a.name}' needs a block (pages per compute block)", a.loc)
 
 
 def _check_dims_known(dims: tuple[Dim, ...], axes: dict[str, Axis], what: str) -> None:

@@ -79,7 +79,7 @@ def test_schema_covers_every_section_and_field():
     schema = json_schema()
     assert set(schema["properties"]) == set(SCHEMA)
     axes = schema["properties"]["axes"]["additionalProperties"]
-    assert set(axes["properties"]) == {"block", "max", "jagged"}
+    assert set(axes["properties"]) == {"block", "max", "jagged", "paged"}
     assert axes["properties"]["jagged"]["required"] == ["offsets", "segment", "max"]
     assert axes["additionalProperties"] is False
     tensors = schema["properties"]["tensors"]["additionalProperties"]

@@ -200,6 +200,22 @@ class KernelIR:
     def jagged(self, axis: str):
         return self.axes[axis].jagged
 
+    def caller_shape(self, t: TensorInfo, sizes: dict[str, int]) -> tuple[int, ...]:
+        """The shape the caller passes for `t`: fused axes multiply; a paged axis is stored as
+        (num_pages, page_size); an offsets tensor has one more entry than segments."""
+        if t.offsets_of:
+            return (sizes[t.dims[0]] + 1,)
+        shape = []
+        for group in t.fused or tuple((d,) for d in t.dims):
+            if len(group) == 1 and self.axes[group[0]].paged:
+                shape += [sizes["num_pages"], sizes["page_size"]]
+            else:
+                size = 1
+                for d in group:
+                    size *= sizes[d]
+                shape.append(size)
+        return tuple(shape)
+
     def closure(self, dims) -> set[str]:
         """`dims` with the segment axis of each jagged axis among them: what a value really varies over."""
         out = set(dims)

@@ -102,7 +102,8 @@ class Evaluator:
             return Named(_round(x.data, v.dtype), x.dims)
         if isinstance(v, ir.Reduce):
             x = self.eval(v.operand)
-            return Named(_REDUCE[v.kind](x.data, axis=x.dims.index(v.axis)), tuple(d for d in x.dims if d != v.axis))
+            reduced = _REDUCE[v.kind](x.data, axis=x.dims.index(v.axis), initial=ir.REDUCTIONS[v.kind])  # empty: identity
+            return Named(reduced, tuple(d for d in x.dims if d != v.axis))
         if isinstance(v, ir.Dot):
             a, b = self.eval(v.lhs), self.eval(v.rhs)
             letters = {d: chr(ord("a") + i) for i, d in enumerate(dict.fromkeys((*a.dims, *b.dims)))}
@@ -116,7 +117,10 @@ class Evaluator:
             shape = [self.sizes[d] for d in acc.dims]
             self.state[acc.name] = Named(np.full(shape, acc.init, dtype=np.float64), acc.dims)
         outputs = {}
+        ordered = self.k.ordered_axis
         for st in self.k.statements:
+            if ordered and self.sizes[ordered] == 0 and st.phase == "step":
+                continue  # a loop over no blocks: the accumulators keep their initial values
             value = self.eval(st.value)
             if st.target == "accumulator":
                 self.state[st.name] = Named(value.to(self.k.accumulators[st.name].dims), self.k.accumulators[st.name].dims)
@@ -133,22 +137,55 @@ class Evaluator:
 
 
 def reference(k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    """The kernel's outputs. With jagged axes, each segment is evaluated on its own rows."""
-    jagged = {name: a.jagged for name, a in k.axes.items() if a.jagged}
-    if not jagged:
-        return Evaluator(k, inputs, sizes).run()
-    segment = next(iter(jagged.values())).segment
-    offsets = {name: np.asarray(inputs[j.offsets]) for name, j in jagged.items()}
+    """The kernel's outputs, from inputs as the caller passes them.
+
+    With jagged or paged axes, each segment is evaluated on its own rows: a jagged
+    tensor's slice of rows, a paged tensor's rows gathered through the page table.
+    """
+    logical = {}
+    for t in k.inputs:
+        array = np.asarray(inputs[t.name])
+        if any(len(group) > 1 for group in t.fused):
+            array = array.reshape([sizes[d] for d in t.dims])
+        logical[t.name] = array
+    segmented = {name: a for name, a in k.axes.items() if a.segment}
+    if not segmented:
+        outputs = Evaluator(k, logical, sizes).run()
+    else:
+        outputs = _by_segment(k, logical, sizes, segmented)
+    return {name: value.reshape(k.caller_shape(k.tensors[name], sizes)) for name, value in outputs.items()}
+
+
+def _by_segment(k: ir.KernelIR, inputs, sizes, segmented) -> dict[str, np.ndarray]:
+    segment = next(iter(segmented.values())).segment
+    offsets = {name: np.asarray(inputs[a.jagged.offsets]) for name, a in segmented.items() if a.jagged}
+    paged = {name: a.paged for name, a in segmented.items() if a.paged}
     outputs = {t.name: np.zeros([sizes[d] for d in t.dims]) for t in k.outputs}
     for b in range(sizes[segment]):
         rows = {name: slice(int(o[b]), int(o[b + 1])) for name, o in offsets.items()}
+        extents = {name: r.stop - r.start for name, r in rows.items()}
+        positions = {}
+        for name, p in paged.items():
+            length = int(inputs[p.lengths][b])
+            pos = np.arange(length)
+            positions[name] = (inputs[p.table][b, pos // sizes["page_size"]], pos % sizes["page_size"])
+            extents[name] = length
 
         def part(dims):
             return tuple(rows[d] if d in rows else slice(b, b + 1) if d == segment else slice(None) for d in dims)
 
-        seg_sizes = dict(sizes, **{segment: 1}, **{name: r.stop - r.start for name, r in rows.items()})
-        seg_inputs = {t.name: inputs[t.name][part(t.dims)] for t in k.inputs if not t.offsets_of}
+        seg_inputs = {}
+        for t in k.inputs:
+            if t.scalar:
+                continue
+            paged_dims = [d for d in t.dims if d in positions]
+            if paged_dims:  # gather this segment's positions from their pages
+                at = t.dims.index(paged_dims[0])
+                index = tuple([slice(None)] * at) + positions[paged_dims[0]]
+                seg_inputs[t.name] = inputs[t.name][index]
+            else:
+                seg_inputs[t.name] = inputs[t.name][part(t.dims)]
+        seg_sizes = dict(sizes, **{segment: 1}, **extents)
         for name, value in Evaluator(k, seg_inputs, seg_sizes).run().items():
             outputs[name][part(k.tensors[name].dims)] = value
     return outputs
-

@@ -36,6 +36,7 @@ class Case:
     sizes: dict[str, int]  # for a jagged axis: its total over all segments
     lengths: dict[str, list[int]] = field(default_factory=dict)  # jagged axis -> per-segment extents
     maxima: dict[str, int] = field(default_factory=dict)  # entry keyword -> value
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)  # page tables and lengths
 
     def offsets(self, axis: str) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.lengths[axis])]).astype(np.int32)
@@ -65,8 +66,43 @@ def jagged_cases(plan: Plan) -> list[Case]:
     return out
 
 
+def paged_cases(plan: Plan, seed: int = 0) -> list[Case]:
+    """Lengths 0, 1, a page, one past a page, one past a block, the maximum; shuffled pages;
+    the sizes of the other axes (query heads per K/V head, say) varied between cases."""
+    rng = np.random.default_rng(seed)
+    axis = next(a for a in plan.ir.axes.values() if a.paged)
+    paged, block = axis.paged, plan.axes[axis.name].block
+    page_size, pages = paged.page_size, 2 * block
+    longest = pages * page_size
+    table_axis = next(t for t in plan.ir.tensors.values() if t.name == paged.table).dims[1]
+    last_dims = {t.dims[-1] for t in plan.ir.tensors.values() if not t.scalar}
+    varied = [a for a, ap in plan.axes.items() if ap.mode in ("squeezed", "full") and a not in last_dims and a != table_axis]
+    patterns = {
+        "edge lengths": [0, 1, page_size, page_size + 1, block * page_size + 1, longest],
+        "one full sequence": [longest],
+        "all empty but one": [0, 0, 3, 0],
+    }
+    out = []
+    for i, (name, lengths) in enumerate(patterns.items()):
+        sizes = {paged.segment: len(lengths), table_axis: pages, axis.name: longest, "page_size": page_size}
+        sizes["num_pages"] = len(lengths) * pages + 3
+        for a, ap in plan.axes.items():
+            if a in sizes:
+                continue
+            if a in varied:
+                sizes[a] = (2, 4, 1)[i % 3] if ap.mode == "full" else (2, 1, 3)[i % 3]
+            else:
+                sizes[a] = plan.ir.axes[a].max or 128
+        table = rng.permutation(sizes["num_pages"])[: len(lengths) * pages].reshape(len(lengths), pages)
+        scalars = {paged.lengths: np.asarray(lengths, np.int32), paged.table: table.astype(np.int32)}
+        out.append(Case(name, sizes, scalars=scalars))
+    return out
+
+
 def cases(plan: Plan) -> list[Case]:
     """Sizes for every axis: aligned, one past a block, one short of two, under one block."""
+    if any(a.paged for a in plan.ir.axes.values()):
+        return paged_cases(plan)
     if any(a.jagged for a in plan.ir.axes.values()):
         return jagged_cases(plan)
 
@@ -102,7 +138,10 @@ def random_inputs(plan: Plan, case: Case, rng: np.random.Generator) -> dict[str,
         if t.offsets_of:
             out[t.name] = case.offsets(t.offsets_of)
             continue
-        shape = [sizes[d] for d in t.dims]
+        if t.name in case.scalars:
+            out[t.name] = case.scalars[t.name]
+            continue
+        shape = plan.ir.caller_shape(t, sizes)
         if t.dtype.startswith("int"):
             out[t.name] = rng.integers(-8, 8, size=shape).astype(NUMPY_DTYPE[t.dtype])
         else:
@@ -148,12 +187,7 @@ def lower_for_tpu(module, plan: Plan, case: Case) -> str:
     fn = getattr(module, plan.ir.name)
     sizes = case.sizes
     kwargs = {a: sizes[a] for a in _keyword_axes(plan)} | case.maxima
-    args = [
-        jax.ShapeDtypeStruct(
-            (sizes[t.dims[0]] + 1,) if t.offsets_of else tuple(sizes[d] for d in t.dims), getattr(jax.numpy, t.dtype)
-        )
-        for t in plan.ir.inputs
-    ]
+    args = [jax.ShapeDtypeStruct(plan.ir.caller_shape(t, sizes), getattr(jax.numpy, t.dtype)) for t in plan.ir.inputs]
     exported = jax.export.export(jax.jit(functools.partial(fn, **kwargs)), platforms=["tpu"])(*args)
     return exported.mlir_module()
 
@@ -169,6 +203,7 @@ def verify_built(built: Built, seed: int = 0, log=print) -> bool:
         want = reference(plan.ir, inputs, case.sizes)
         got = run_generated(module, plan, inputs, case, interpret_params())
         shown = ", ".join(f"{a}={case.lengths[a] if a in case.lengths else n}" for a, n in case.sizes.items())
+        shown += "".join(f", {name}={v.tolist()}" for name, v in case.scalars.items() if v.ndim == 1)
         for name, value in got.items():
             err = max_error(value, want[name])
             tol = TOLERANCE[plan.ir.tensors[name].dtype]

@@ -12,7 +12,7 @@ def with_rule(name, rule, state):
 
 
 def test_every_rule_is_covered_here():
-    assert {r.name for r in RULES} == {"output_only", "invariant_load", "deferred_mask"}
+    assert {r.name for r in RULES} == {"output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores"}
 
 
 def test_output_only_on_and_off(tmp_path):

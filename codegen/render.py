@@ -117,7 +117,14 @@ class _Entry:
                 )
             if unknown:
                 known = " * ".join(a for a in group if a in self.bound)
-                self.lines.append(f"{unknown[0]} = {name} // ({known})" if " * " in known else f"{unknown[0]} = {name} // {known}")
+                known = f"({known})" if " * " in known else known
+                t = next(t for t in self.k.inputs if group in t.fused)
+                position = t.fused.index(group)
+                self.lines.append(f"if {name} % {known}:")
+                self.lines.append(
+                    f'    raise ValueError(f"{t.name}: dim {position} ({{{name}}}) must be a multiple of {known} ({{{known}}})")'
+                )
+                self.lines.append(f"{unknown[0]} = {name} // {known}")
                 self.bound.append(unknown[0])
         for t in self.k.inputs:
             self.lines.append(f'_check_input("{t.name}", {t.name}, {self.shape(t)}, {JNP_DTYPE[t.dtype]})')

@@ -26,15 +26,17 @@ def _fast_gelu(x):
 def _jagged_tile(offsets_ref, segment, tile, block):
     """Rows of `tile` within `segment`, as the pl.ds of a pl.BoundedSlice block.
 
-    A tile past the segment's end is clamped to the segment's last tile (an empty
-    segment to no rows at its start), so its block repeats the one before it and
-    the pipeline moves no data for it.
+    A tile past the segment's end is clamped to the segment's last tile, so its block
+    repeats the one before it and the pipeline moves no data for it. An empty segment
+    gets no rows, at a start kept inside the array.
     """
     start = offsets_ref[segment]
     end = offsets_ref[segment + 1]
     last_tile = jnp.maximum(pl.cdiv(end - start, block) - 1, 0)
     tile_start = start + jnp.minimum(tile, last_tile) * block
-    return pl.ds(tile_start, jnp.clip(end - tile_start, 0, block))
+    rows = jnp.clip(end - tile_start, 0, block)
+    total = offsets_ref[offsets_ref.shape[0] - 1]
+    return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
 def _check_input(name, x, shape, dtype):

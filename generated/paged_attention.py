@@ -211,6 +211,8 @@ def paged_attention(
     num_pages = k_pages.shape[1]
     page_size = k_pages.shape[2]
     pages = page_indices.shape[1]
+    if kvh_g % kvh:
+        raise ValueError(f"q: dim 1 ({kvh_g}) must be a multiple of kvh ({kvh})")
     g = kvh_g // kvh
     _check_input("q", q, (b, kvh * g, d), jnp.bfloat16)
     _check_input("k_pages", k_pages, (kvh, num_pages, page_size, d), jnp.bfloat16)

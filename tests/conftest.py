@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 GENERATED = ROOT / "generated"
 DENSE_KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
-KERNELS = DENSE_KERNELS + ("gdpa", "gdpa_jagged")
+KERNELS = DENSE_KERNELS + ("gdpa", "gdpa_jagged", "paged_attention")
 
 
 def write_spec(folder: Path, text: str, name: str = "k.yaml") -> Path:

@@ -24,7 +24,10 @@ DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
 # Names the generated module itself uses at module or kernel scope.
 RESERVED = frozenset(
     {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid",
-     "body", "compute", "step", "indices", "kernel", "tile_valid"}
+     "body", "compute", "step", "indices", "kernel", "tile_valid",
+     # the paged lowering's own names
+     "slot", "carry", "has_next", "page", "page_id", "rows", "num_pages", "page_size",
+     "pages_per_compute_block", "start_fetch", "wait_fetch", "next_block", "slot_ref", "prefetched_ref"}
 ) | frozenset(dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins")))
 
 
@@ -596,10 +599,11 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             owners[name] = (kind, item.loc)
     derived = {}
     for a in axes:
-        for pattern in ("block_{}", "{}_start", "{}_index", "{}_size", "num_{}_tiles"):
+        for pattern in ("block_{}", "{}_start", "{}_index", "{}_size", "num_{}_tiles", "num_{}_blocks",
+                        "next_{}", "advance_{}", "{}_at"):
             derived[pattern.format(a)] = a
     for t in (*tensors, *accumulators):
-        for pattern in ("{}_ref", "{}_out_ref", "{}_hbm_ref", "{}_out_hbm_ref"):
+        for pattern in ("{}_ref", "{}_out_ref", "{}_hbm_ref", "{}_out_hbm_ref", "{}_buffer", "{}_sems"):
             derived[pattern.format(t)] = t
     for v in (*tensors, *(st.name for st in compute)):
         for pattern in ("{}_t", "{}_masked"):

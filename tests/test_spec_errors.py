@@ -123,3 +123,17 @@ def test_a_failing_spec_leaves_other_outputs_untouched(tmp_path, capsys):
 def test_missing_spec_file(tmp_path, capsys):
     assert main(["build", str(tmp_path / "nope.yaml"), "-o", str(tmp_path)]) == 2
     assert "cannot read spec" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("alpha: 2.0", "slot: 2.0", "param 'slot' is reserved in generated code"),
+        ("x * alpha", "x * alpha\n  next_m: x + 1.0", "compute name 'next_m' clashes with a name generated for 'm'"),
+        ("  out: {dims", "  x_t: {dims: [m, n], dtype: float32}\n  out: {dims", "tensor 'x_t' clashes with a name generated for 'x'"),
+    ],
+)
+def test_names_the_generated_code_uses_are_rejected(tmp_path, capsys, old, new, message):
+    spec = write_spec(tmp_path, edit(GOOD, old, new))
+    assert main(["build", str(spec), "-o", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err

@@ -197,9 +197,6 @@ class KernelIR:
         """Tensors scalar-prefetched to SMEM (offsets, page tables, lengths), in spec order."""
         return [t for t in self.tensors.values() if t.scalar]
 
-    def jagged(self, axis: str):
-        return self.axes[axis].jagged
-
     def caller_shape(self, t: TensorInfo, sizes: dict[str, int]) -> tuple[int, ...]:
         """The shape the caller passes for `t`: fused axes multiply; a paged axis is stored as
         (num_pages, page_size); an offsets tensor has one more entry than segments."""
@@ -215,14 +212,6 @@ class KernelIR:
                     size *= sizes[d]
                 shape.append(size)
         return tuple(shape)
-
-    def closure(self, dims) -> set[str]:
-        """`dims` with the segment axis of each jagged axis among them: what a value really varies over."""
-        out = set(dims)
-        for d in dims:
-            if self.axes[d].segment:
-                out.add(self.axes[d].segment)
-        return out
 
     @property
     def outputs(self) -> list[TensorInfo]:
@@ -295,6 +284,8 @@ class _Lowering:
         return self.spec.axes[axis].block is not None
 
     def closure(self, dims) -> set[str]:
+        """`dims` with the segment axis of each jagged or paged axis among them: what a value
+        really varies over (a jagged tensor's rows belong to segments without naming them)."""
         out = set(dims)
         for d in dims:
             if self.spec.axes[d].segment:
@@ -367,7 +358,7 @@ class _Lowering:
             raise SpecError(f"'{n}' is used before it is computed", e.loc, "statements run in order")
         raise SpecError(f"undefined name '{n}'", e.loc, did_you_mean(n, known))
 
-    def axis_arg(self, e: ast.Call, operand_dims: tuple[str, ...], *operands) -> str:
+    def axis_arg(self, e: ast.Call, *operands) -> str:
         kws = {k: (v, loc) for k, v, loc in e.keywords}
         unknown = [k for k in kws if k != "over"]
         if unknown:
@@ -428,7 +419,7 @@ class _Lowering:
         if f in REDUCTIONS:
             want(1)
             x = self.lower(e.args[0], statement, writes_tensor)
-            axis = self.axis_arg(e, x.dims, (x.dims, "its operand"))
+            axis = self.axis_arg(e, (x.dims, "its operand"))
             self.count(self.flops, x.dims)
             self.reduced.add(axis)
             v = Reduce(tuple(d for d in x.dims if d != axis), x.dtype, e.loc, f, x, axis)
@@ -437,7 +428,7 @@ class _Lowering:
             want(2)
             a = self.lower(e.args[0], statement, writes_tensor)
             b = self.lower(e.args[1], statement, writes_tensor)
-            axis = self.axis_arg(e, a.dims, (a.dims, "the left operand"), (b.dims, "the right operand"))
+            axis = self.axis_arg(e, (a.dims, "the left operand"), (b.dims, "the right operand"))
             for x, what in ((a, "left"), (b, "right")):
                 if x.dtype is None:
                     raise SpecError(f"the {what} operand of dot() must be a tensor value, not a scalar", x.loc)

@@ -175,7 +175,7 @@ def _align(a: Layout | None, b: Layout | None) -> Layout | None:
     return tuple(out)
 
 
-def _fmt(layout: Layout | None) -> str:
+def format_layout(layout: Layout | None) -> str:
     if layout is None:
         return "[?]"
     return "[" + ", ".join(f"{x}:1" if one else x for x, one in layout) + "]"
@@ -264,7 +264,7 @@ class _Layouts:
                     out = _align(out, lay)
             except LayoutError:
                 raise SpecError(
-                    f"cannot line up operands with dims {' and '.join(_fmt(lay) for lay in layouts)}",
+                    f"cannot line up operands with dims {' and '.join(format_layout(lay) for lay in layouts)}",
                     v.loc,
                     "operands must list shared axes in the same order",
                 ) from None
@@ -295,7 +295,7 @@ class _Layouts:
                     self.acc[st.name] = _align(self.acc.get(st.name), lay)
                 except LayoutError:
                     raise SpecError(
-                        f"the update of '{st.name}' has dims {_fmt(lay)}, not {_fmt(self.acc[st.name])}", st.loc
+                        f"the update of '{st.name}' has dims {format_layout(lay)}, not {format_layout(self.acc[st.name])}", st.loc
                     ) from None
 
 
@@ -515,7 +515,7 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
         held = sorted(d for d, one in lay if not one)
         if held != sorted(plan.block_dims(acc.dims)):
             raise SpecError(
-                f"accumulator '{name}' is declared over [{', '.join(acc.dims)}] but its update runs over {_fmt(lay)}",
+                f"accumulator '{name}' is declared over [{', '.join(acc.dims)}] but its update runs over {format_layout(lay)}",
                 acc.loc,
             )
     for st in k.statements:
@@ -523,7 +523,7 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             want = [d for d in plan.block_dims(k.tensors[st.name].dims)]
             got = [d for d, one in second.statements[st.name] if not one]
             if sorted(want) != sorted(got) or any(one for _, one in second.statements[st.name]):
-                raise SpecError(f"the value written to '{st.name}' has layout {_fmt(second.statements[st.name])}, not [{', '.join(want)}]", st.loc)
+                raise SpecError(f"the value written to '{st.name}' has layout {format_layout(second.statements[st.name])}, not [{', '.join(want)}]", st.loc)
     plan.layouts = second.values
     plan.statement_layouts = second.statements
     plan.accumulator_layouts = {name: second.acc[name] for name in k.accumulators}

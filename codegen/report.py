@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from codegen.chips import CHIPS, MiB
-from codegen.plan import Plan, _fmt
+from codegen.plan import Plan, format_layout
 from codegen.rules import RULES
 
 
@@ -87,12 +87,12 @@ def format_plan(plan: Plan) -> str:
         rows = []
         for name, acc in k.accumulators.items():
             origin = f"synthesized for '{acc.synthesized_from}'" if acc.synthesized_from else "declared"
-            rows.append([name, acc.dtype, _fmt(plan.accumulator_layouts[name]), acc.over, repr(acc.init), origin])
+            rows.append([name, acc.dtype, format_layout(plan.accumulator_layouts[name]), acc.over, repr(acc.init), origin])
         out += _table(["name", "dtype", "block layout", "over", "init", "origin"], rows)
         out.append("")
 
     out.append("statements")
-    rows = [[st.name, st.target, st.phase, _fmt(plan.statement_layouts[st.name])] for st in k.statements]
+    rows = [[st.name, st.target, st.phase, format_layout(plan.statement_layouts[st.name])] for st in k.statements]
     out += _table(["name", "kind", "runs", "layout"], rows)
     out.append("")
 

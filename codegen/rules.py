@@ -64,6 +64,13 @@ class InvariantLoad(Rule):
             if ordered is None:
                 decisions.append(Decision(self.name, op.tensor, False, "no ordered axis: every grid step may need a new block"))
                 continue
+            if plan.axes[ordered].mode == "paged":
+                decisions.append(Decision(
+                    self.name, op.tensor, False,
+                    f"'{ordered}' is walked inside each grid step, where '{op.tensor}' is already read from its block; "
+                    "its second buffer overlaps the next grid step's fetch, so it stays",
+                ))
+                continue
             dims = plan.ir.tensors[op.tensor].dims
             if ordered in dims:
                 decisions.append(Decision(self.name, op.tensor, False, f"'{op.tensor}' varies over ordered axis '{ordered}': pipelined, double-buffered"))

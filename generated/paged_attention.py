@@ -234,9 +234,7 @@ def paged_attention(
             grid=(b, kvh),
             in_specs=[
                 pl.BlockSpec(
-                    (None, None, g, d),
-                    lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0),
-                    pipeline_mode=pl.Buffered(1),
+                    (None, None, g, d), lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0)
                 ),
                 pl.BlockSpec(memory_space=pl.ANY),
                 pl.BlockSpec(memory_space=pl.ANY),

@@ -70,6 +70,9 @@ def test_plan_shows_prefetch_slots_and_semaphores():
     assert [plan.axes[a].semantics for a in plan.grid] == ["arbitrary", "arbitrary"]
     assert {op.tensor: op.memory for op in plan.inputs} == {"q": "blocked", "k_pages": "paged", "v_pages": "paged"}
     assert plan.paged_slots == 2 and plan.paged_prefetch and plan.semaphore_per_slot
+    # q changes block every grid step: its second buffer overlaps the next step's fetch.
+    [q_decision] = [d for d in plan.decisions if d.rule == "invariant_load" and d.subject == "q"]
+    assert not q_decision.applied and next(op for op in plan.inputs if op.tensor == "q").buffers == 2
     report = format_plan(plan)
     for needle in ("scalar prefetch (SMEM): lengths, page_indices; each page id is read once per block",
                    "the next block's DMAs (maybe of the next grid step) start before this block is computed on",

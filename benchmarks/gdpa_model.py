@@ -89,7 +89,7 @@ def walk(plan, seg_lengths: np.ndarray) -> Traffic:
 def model_time(plan, t: Traffic, flops: float, seg_count: int, chip) -> tuple[float, float]:
     """(roofline seconds, roofline + step overhead + pipeline fill/drain seconds)."""
     bytes_total = t.bytes_in + t.bytes_out
-    if plan.decisions and any(d.rule == "output_only" and not d.applied and "rule off" in d.reason for d in plan.decisions):
+    if any(op.memory == "any" for op in plan.inputs):  # an output passed in to be aliased (output_only off)
         bytes_total += t.bytes_out  # the zero-filled output buffer is materialized (seed 002)
     roofline = max(flops / chip.bf16_flops_per_s, bytes_total / chip.hbm_bytes_per_s)
     pipelines = seg_count if plan.lowering == "grid" else 1

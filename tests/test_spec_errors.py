@@ -75,7 +75,7 @@ CASES = [
     ("rule switch not a bool", GOOD + "rules:\n  invariant_load: maybe\n", r"rules.invariant_load must be true or false", 13, 19),
     ("accumulator over an untiled axis", edit(ATTENTION_LIKE, "kv: {block: 128}", "kv: {}"), r"accumulator 'total' is carried across axis 'kv', which has no block", 11, 17),
     ("reduction over a tiled axis outside an accumulator", edit(edit(ATTENTION_LIKE, "accumulators:\n  total: {over: kv, dims: [m], init: 0}\n", ""), "  total: total + sum(s, over=kv)\n  out: total", "  t: sum(s, over=kv)\n  out: t + 0.0"), r"sum\(\) over 'kv', which is tiled .* must feed an accumulator", 12, 6),
-    ("accumulator never updated", edit(ATTENTION_LIKE, "  out: total", "  out: total\n").replace("  total: total + sum(s, over=kv)\n", "").replace("  s: dot(q, k, over=d)\n", ""), r"accumulator 'total' is never updated|tensor 'k' is neither read nor written", None, None),
+    ("accumulator never updated", edit(ATTENTION_LIKE, "  out: total", "  out: total\n").replace("  total: total + sum(s, over=kv)\n", "").replace("  s: dot(q, k, over=d)\n", ""), r"accumulator 'total' is never updated", 11, 3),
     ("empty spec", "", r"the spec is empty", 1, 1),
     ("not a mapping", "- 1\n- 2\n", r"the spec must be a mapping", 1, 1),
 ]
@@ -91,8 +91,7 @@ def test_malformed_spec(tmp_path, capsys, text, pattern, line, col):
     assert "Traceback" not in captured.err
     message = captured.err.strip()
     assert re.search(pattern, message, re.S), message
-    if line is not None:
-        assert message.startswith(f"k.yaml:{line}:{col}: error: "), message
+    assert message.startswith(f"k.yaml:{line}:{col}: error: "), message
     assert not out_dir.exists(), "nothing may be written on failure"
 
 

@@ -26,12 +26,16 @@ class Rule:
     name: str = ""
     seed: str = ""
     summary: str = ""
+    # The generated code it shapes, where its reason is written as a comment:
+    # "block_spec" (an operand's BlockSpec), "mask" (a tail mask), "scratch" (scratch entries).
+    shapes: str = ""
 
     def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
         raise NotImplementedError
 
 
 class OutputOnly(Rule):
+    shapes = "block_spec"
     name = "output_only"
     seed = "seed 002 (Helion #1849)"
     summary = "a tensor written but never read is not a pallas_call input"
@@ -51,6 +55,7 @@ class OutputOnly(Rule):
 
 
 class InvariantLoad(Rule):
+    shapes = "block_spec"
     name = "invariant_load"
     seed = "seed 000 (Helion #2397)"
     summary = "an input that does not vary over the ordered loop is read in-loop from its resident block, not pipelined"
@@ -92,6 +97,7 @@ RULE_NAMES = tuple(r.name for r in RULES)
 
 
 class DeferredMask(Rule):
+    shapes = "mask"
     name = "deferred_mask"
     seed = "seed 001 (Helion #2812)"
     summary = (
@@ -134,6 +140,7 @@ RULE_NAMES = tuple(r.name for r in RULES)
 
 
 class PagedPrefetch(Rule):
+    shapes = "scratch"
     name = "paged_prefetch"
     seed = "seed 003 (hw-native-sys #704)"
     summary = "the next block of pages is DMA'd into the other VMEM slot before the current block is computed on"
@@ -154,6 +161,7 @@ class PagedPrefetch(Rule):
 
 
 class SlotSemaphores(Rule):
+    shapes = "scratch"
     name = "slot_semaphores"
     seed = "seed 003's follow-up race fix"
     summary = "each VMEM slot of a paged operand has its own DMA semaphore"

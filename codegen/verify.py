@@ -185,6 +185,9 @@ def lower_for_tpu(module, plan: Plan, case: Case) -> str:
     import jax
 
     fn = getattr(module, plan.ir.name)
+    # emit_pipeline reads TPU facts from the default device while tracing: here the CPU,
+    # which the module's interpret-mode set-up describes as a TPU core.
+    module._interpret_mode(True)
     sizes = case.sizes
     kwargs = {a: sizes[a] for a in _keyword_axes(plan)} | case.maxima
     args = [jax.ShapeDtypeStruct(plan.ir.caller_shape(t, sizes), getattr(jax.numpy, t.dtype)) for t in plan.ir.inputs]

@@ -29,6 +29,7 @@ class AxisPlan:
     block: int | None  # default block size for tiled and jagged axes
     alignment: int  # a block of this axis must be a multiple of this (or the full extent)
     reason: str
+    whole: bool = False  # a jagged axis whose segments each fit in one tile: reduced in-block
 
     @property
     def blocked(self) -> bool:
@@ -120,9 +121,11 @@ class Plan:
 
     @property
     def ragged_axes(self) -> set[str]:
-        """Axes whose last block can overhang what a reduction may see: the ordered axis."""
+        """Axes whose last block can overhang what a reduction may see: the ordered axis, and
+        jagged axes kept whole (their one tile is a bound on the segment, not its extent)."""
         o = self.ir.ordered_axis
-        return {o} if o is not None and self.axes[o].mode in ("tiled", "jagged", "paged") else set()
+        out = {o} if o is not None and self.axes[o].mode in ("tiled", "jagged", "paged") else set()
+        return out | {a for a, ap in self.axes.items() if ap.whole}
 
     @property
     def aliases(self) -> dict[int, int]:
@@ -339,6 +342,20 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
             )
         elif name not in used:
             plans[name] = AxisPlan(name, "full", None, None, 1, "only in scalar-prefetched tensors")
+        elif axis.jagged and name in k.whole_axes:
+            plans[name] = AxisPlan(
+                name, "jagged", "parallel", axis.block, align,
+                f"kept whole: a reduction over '{name}' is used elementwise against it, so each segment of "
+                f"'{axis.jagged.segment}' is one tile of up to block_{name} rows (a {axis.jagged.max} above "
+                "it is an error at call time), and reductions mask the rows past the segment's end",
+                whole=True,
+            )
+        elif name in k.whole_axes:
+            plans[name] = AxisPlan(
+                name, "full", None, None, 1,
+                f"kept whole: a reduction over '{name}' is used elementwise against it, so the whole extent "
+                "sits in each block and the block given is not used",
+            )
         elif axis.jagged:
             ordered = name == k.ordered_axis
             plans[name] = AxisPlan(

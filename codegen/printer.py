@@ -154,6 +154,7 @@ class KernelPrinter:
         self.uses: set[str] = set()  # "math", "jax", "lax", "mask_tail", activation names
         self.emitted: set[tuple[str, str]] = set()
         self.ordered = self.k.ordered_axis
+        self.outer_names: set[str] = set()  # defined around the sections (a segment's extent, say)
 
     # -- static arguments
     def need(self, arg: str) -> str:
@@ -238,12 +239,14 @@ class KernelPrinter:
         return next(i for i, (d, one) in enumerate(layout) if d == axis and not one)
 
     # -- tails of the ordered axis
-    def tile_start(self, sec: Section) -> str:
-        name = f"{self.ordered}_start"
+    def tile_start(self, sec: Section, axis: str | None = None) -> str:
+        """Where this tile starts along `axis` (the ordered axis by default)."""
+        axis = axis or self.ordered
+        name = f"{axis}_start"
         if name not in sec.loaded:
-            paged = self.plan.axes[self.ordered].mode == "paged"
-            block = f"block_{self.ordered}" if paged else self.need("block_" + self.ordered)
-            sec.indices.append(f"{name} = {self.ordered}_index * {block}")
+            paged = self.plan.axes[axis].mode == "paged"
+            block = f"block_{axis}" if paged else self.need("block_" + axis)
+            sec.indices.append(f"{name} = {axis}_index * {block}")
             sec.loaded.add(name)
         return name
 
@@ -255,14 +258,14 @@ class KernelPrinter:
         if j is None:
             return self.need(axis)
         name = f"{axis}_size"
-        if name not in sec.loaded:
-            sec.indices.append(f"{name} = {j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]")
+        if name not in sec.loaded and name not in self.outer_names:
+            sec.indices.append(f"{name} = {self.segment_extent(axis)}")
             sec.loaded.add(name)
         return name
 
     def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
         self.uses.add("mask_tail")
-        start, size = self.tile_start(sec), self.extent(axis, sec)
+        start, size = self.tile_start(sec, axis), self.extent(axis, sec)
         return f"_mask_tail({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
 
     def masked(self, text: str, axis: str, position: int, fill: float, sec: Section, why: list[str] = ()) -> str:

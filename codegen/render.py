@@ -196,7 +196,17 @@ class Entry:
     def block_sizes(self) -> None:
         for a in self.blocked_axes():
             ap = self.plan.axes[a]
-            self.lines.append(f'block_{a} = _block_size("block_{a}", block_{a}, {self.block_bound(a)}, {ap.alignment})')
+            if ap.whole:  # the plan keeps each segment in one tile
+                bound = self.block_bound(a)
+                self.lines.append(f"if {bound} > block_{a}:")
+                self.lines.append(
+                    f'    raise ValueError(f"{bound}={{{bound}}}: each segment of {a} is held whole in one tile, '
+                    f'so it must be at most block_{a}={{block_{a}}}")'
+                )
+            bound = self.block_bound(a)
+            if ap.mode == "jagged" and ap.alignment > 1:  # a pl.BoundedSlice block stays aligned
+                bound = f"pl.cdiv({bound}, {ap.alignment}) * {ap.alignment}"
+            self.lines.append(f'block_{a} = _block_size("block_{a}", block_{a}, {bound}, {ap.alignment})')
 
     @staticmethod
     def dtype(t: ir.TensorInfo) -> str:

@@ -63,7 +63,10 @@ def jagged_cases(plan: Plan) -> list[Case]:
     for name, pattern in patterns.items():
         sizes, lengths, maxima = {}, {}, {}
         for i, a in enumerate(jagged):
-            blk = plan.axes[a.name].block
+            ap = plan.axes[a.name]
+            blk = ap.block
+            if ap.whole:  # one tile must hold the longest segment: edges at a third of the block
+                blk = max(ap.alignment, ap.block // TILES // ap.alignment * ap.alignment)
             ext = pattern(blk)
             ext = ext[i % len(ext):] + ext[: i % len(ext)]  # a second jagged axis sees other extents
             lengths[a.name], sizes[a.name] = ext, sum(ext)

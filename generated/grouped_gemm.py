@@ -196,7 +196,7 @@ def grouped_gemm(
     _check_input("rhs", rhs, (g, k, n), jnp.bfloat16)
     _check_input("group_offsets", group_offsets, (g + 1,), jnp.int32)
     block_n = _block_size("block_n", block_n, n, 128)
-    block_t = _block_size("block_t", block_t, max_group_size, 16)
+    block_t = _block_size("block_t", block_t, pl.cdiv(max_group_size, 16) * 16, 16)
     block_k = _block_size("block_k", block_k, k, 128)
     if t == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((t, n), jnp.float32)

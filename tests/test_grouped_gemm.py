@@ -96,3 +96,12 @@ def test_grouped_gemm_lowers_for_tpu(tmp_path, variant):
     _, plan = plan_spec(SPECS / "grouped_gemm.yaml")
     case = Case("lowering", {"t": 1000, "g": 4, "k": K, "n": N}, maxima={"max_group_size": 512})
     assert "tpu_custom_call" in lower_for_tpu(mod, plan, case)
+
+
+def test_a_max_below_the_block_keeps_the_block_aligned(nan_interpret):
+    """max_group_size 5 would make a 5-row block, which a pipeline cannot tile; it rounds to 16."""
+    lhs, rhs, offsets = inputs([3, 0, 5, 1])
+    got = checked_in_module("grouped_gemm").grouped_gemm(
+        lhs, rhs, jnp.asarray(offsets), max_group_size=5, interpret=nan_interpret
+    )
+    np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)

@@ -61,6 +61,7 @@ class _Pipeline(Lowering):
         for a in plan.pipeline_grid:
             if plan.axes[a].mode == "jagged" and a != ordered:
                 body.append(f"{a}_size = {p.segment_extent(a)}")
+                p.outer_names.add(f"{a}_size")
                 parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)

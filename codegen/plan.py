@@ -153,7 +153,15 @@ class LayoutError(Exception):
     pass
 
 
-def _align(a: Layout | None, b: Layout | None) -> Layout | None:
+def _align(a: Layout | None, b: Layout | None, order: tuple[str, ...] = ()) -> Layout | None:
+    """The layout of an elementwise result of operands laid out as `a` and `b`.
+
+    Operands line up by axis name: one whose axes are a subset of the other's is
+    broadcast into it, and two that each hold axes of their own merge, the axes that
+    only one of them holds placed by `order` (the spec's axis order). Shared axes must
+    come in the same order in both. A kept size-1 slot (a reduced axis) takes whatever
+    the other operand holds at that axis, or stays kept.
+    """
     if a is None:
         return b
     if b is None:
@@ -162,17 +170,44 @@ def _align(a: Layout | None, b: Layout | None) -> Layout | None:
         return b
     if not b:
         return a
-    if len(a) != len(b):
+    if len(a) == len(b) and all(sa or sb or xa == xb for (xa, sa), (xb, sb) in zip(a, b)):
+        return tuple((xb, sb) if sa else (xa, sa) for (xa, sa), (xb, sb) in zip(a, b))
+    names_a, names_b = [x for x, _ in a], [x for x, _ in b]
+    if len(set(names_a)) != len(names_a) or len(set(names_b)) != len(names_b):
         raise LayoutError
-    out = []
-    for (xa, sa), (xb, sb) in zip(a, b):
-        if sa:
-            out.append((xb, sb))
-        elif sb or xa == xb:
-            out.append((xa, sa))
+    shared = [x for x in names_a if x in names_b]
+    if shared != [x for x in names_b if x in names_a]:
+        raise LayoutError
+    kept = {x: sa for x, sa in a}
+    for x, sb in b:
+        kept[x] = kept[x] and sb if x in kept else sb
+    rank = {x: i for i, x in enumerate(order)}
+    out: list[str] = []
+    i = j = 0
+    while i < len(names_a) or j < len(names_b):
+        xa = names_a[i] if i < len(names_a) else None
+        xb = names_b[j] if j < len(names_b) else None
+        if xa is not None and xa == xb:
+            out.append(xa)
+            i, j = i + 1, j + 1
+        elif xb is None or (xa is not None and xa not in shared and (xb in shared or rank.get(xa, -1) <= rank.get(xb, -1))):
+            out.append(xa)
+            i += 1
         else:
-            raise LayoutError
-    return tuple(out)
+            out.append(xb)
+            j += 1
+    return tuple((x, kept[x]) for x in out)
+
+
+def expansion(have: Layout, want: Layout) -> tuple[int, ...]:
+    """Positions of `want` that an operand laid out as `have` lacks (it is broadcast there).
+
+    `have` lines up by name with a subsequence of `want`; returns () when it needs no
+    new dims (a scalar, or the same rank)."""
+    if not have or len(have) == len(want):
+        return ()
+    names = [x for x, _ in have]
+    return tuple(i for i, (x, _) in enumerate(want) if x not in names)
 
 
 def format_layout(layout: Layout | None) -> str:
@@ -261,12 +296,12 @@ class _Layouts:
             out: Layout = ()
             try:
                 for lay in known:
-                    out = _align(out, lay)
+                    out = _align(out, lay, tuple(p.ir.axes))
             except LayoutError:
                 raise SpecError(
                     f"cannot line up operands with dims {' and '.join(format_layout(lay) for lay in layouts)}",
                     v.loc,
-                    "operands must list shared axes in the same order",
+                    "operands line up by axis name: list the axes they share in the same order",
                 ) from None
             return out
         if isinstance(v, ir.Cast):
@@ -521,8 +556,9 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     for st in k.statements:
         if st.target == "tensor":
             want = [d for d in plan.block_dims(k.tensors[st.name].dims)]
+            # Kept size-1 slots (reduced axes) are squeezed when the value is written.
             got = [d for d, one in second.statements[st.name] if not one]
-            if sorted(want) != sorted(got) or any(one for _, one in second.statements[st.name]):
+            if sorted(want) != sorted(got):
                 raise SpecError(f"the value written to '{st.name}' has layout {format_layout(second.statements[st.name])}, not [{', '.join(want)}]", st.loc)
     plan.layouts = second.values
     plan.statement_layouts = second.statements
@@ -530,6 +566,9 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
 
     for rule in RULES:
         plan.decisions.extend(rule.apply(plan, enabled[rule.name]))
+    for op in plan.inputs:
+        if op.memory == "blocked" and not plan.index_axes(op.tensor):
+            op.buffers = 1  # the same block at every grid step: fetched once, resident in VMEM
 
     plan.vmem = _estimate_vmem(plan)
     total = plan.vmem.total

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from codegen import ir
-from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation
+from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation, expansion
 
 JNP_DTYPE = {d: f"jnp.{d}" for d in ("float32", "bfloat16", "float16", "int32", "int16", "int8")}
 ARRAY_UNARY = {
@@ -153,16 +153,29 @@ class KernelPrinter:
     def is_static(self, v: ir.Value) -> bool:
         return v.dtype is None and not v.dims and all(self.is_static(c) for c in ir.children(v))
 
+    def operand(self, arg: ir.Value, result: ir.Value, sec: Section) -> tuple[str, int]:
+        """An elementwise operand, broadcast by axis name to the result's layout: the dims it
+        lacks are inserted as size-1 dims, so that it lines up by name, not by position."""
+        text, prec = self.expr(arg, sec)
+        if self.is_static(arg):
+            return text, prec
+        missing = expansion(self.plan.layout(arg), self.plan.layout(result))
+        if not missing:
+            return text, prec
+        rank = len(self.plan.layout(result))
+        index = ", ".join("None" if i in missing else ":" for i in range(rank))
+        return f"{self.paren(text, prec, ATOM)}[{index}]", ATOM
+
     def elementwise(self, v: ir.Elementwise, sec: Section) -> tuple[str, int]:
         if v.fn in BINARY_OPS:
             prec = BINARY_OPS[v.fn]
-            a, pa = self.expr(v.args[0], sec)
-            b, pb = self.expr(v.args[1], sec)
+            a, pa = self.operand(v.args[0], v, sec)
+            b, pb = self.operand(v.args[1], v, sec)
             return f"{self.paren(a, pa, prec)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
         if v.fn == "neg":
             a, pa = self.expr(v.args[0], sec)
             return f"-{self.paren(a, pa, 3)}", 3
-        args = [self.expr(a, sec)[0] for a in v.args]
+        args = [self.operand(a, v, sec)[0] for a in v.args]
         if v.fn in ir.ACTIVATIONS:
             if v.fn == "raw":
                 return self.expr(v.args[0], sec)
@@ -334,7 +347,13 @@ class KernelPrinter:
             self.update(st, sec)
 
     def transposed(self, text: str, st: ir.Statement) -> str:
-        have = [d for d, _ in self.plan.statement_layouts[st.name]]
+        """A value as its output block holds it: reduced (size-1) dims squeezed, dims in the
+        tensor's order."""
+        layout = self.plan.statement_layouts[st.name]
+        kept = [i for i, (_, one) in enumerate(layout) if one]
+        if kept:
+            text = f"jnp.squeeze({text}, axis={_tuple(kept) if len(kept) > 1 else kept[0]})"
+        have = [d for d, one in layout if not one]
         want = list(self.plan.block_dims(self.k.tensors[st.name].dims))
         if have == want:
             return text

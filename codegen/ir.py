@@ -74,6 +74,13 @@ class Extent(Value):
 
 
 @dataclass(frozen=True)
+class RuntimeScalar(Value):
+    """An entry keyword read as a number: the `max` of a jagged axis."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class AccRead(Value):
     accumulator: str
     updated: bool  # False: the state before this step's update
@@ -352,7 +359,9 @@ class _Lowering:
             raise SpecError(f"axis '{n}' used as a value", e.loc, f"use extent({n}) for its size")
         if n in ("inf",):
             return Literal((), None, e.loc, float("inf"))
-        known = [*self.env, *spec.tensors, *spec.params, *self.accumulators]
+        if n in runtime_scalars(spec):
+            return RuntimeScalar((), None, e.loc, n)
+        known = [*self.env, *spec.tensors, *spec.params, *self.accumulators, *runtime_scalars(spec)]
         later = [s.name for s in spec.compute]
         if n in later:
             raise SpecError(f"'{n}' is used before it is computed", e.loc, "statements run in order")
@@ -422,7 +431,11 @@ class _Lowering:
             axis = self.axis_arg(e, (x.dims, "its operand"))
             self.count(self.flops, x.dims)
             self.reduced.add(axis)
-            v = Reduce(tuple(d for d in x.dims if d != axis), x.dtype, e.loc, f, x, axis)
+            dims = tuple(d for d in x.dims if d != axis)
+            segment = self.spec.axes[axis].segment
+            if segment and segment not in dims:
+                dims += (segment,)  # over a jagged or paged axis: one value per segment
+            v = Reduce(dims, x.dtype, e.loc, f, x, axis)
             return self.maybe_accumulate(v, f, statement, writes_tensor)
         if f == "dot":
             want(2)
@@ -624,6 +637,12 @@ def _scalar_role(spec: Spec, tensor: str) -> tuple[str | None, str | None]:
         if a.paged and a.paged.lengths == tensor:
             return "lengths", a.name
     return None, None
+
+
+def runtime_scalars(spec: Spec) -> list[str]:
+    """Entry keywords that expressions may read as numbers: each jagged axis's `max`, once
+    (two jagged axes naming the same `max` share one keyword)."""
+    return list(dict.fromkeys(a.jagged.max for a in spec.axes.values() if a.jagged))
 
 
 def lower(spec: Spec) -> KernelIR:

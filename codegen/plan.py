@@ -282,7 +282,7 @@ class _Layouts:
         p = self.plan
         if isinstance(v, ir.Load):
             return tuple((d, False) for d in p.block_dims(p.ir.tensors[v.tensor].dims))
-        if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent)):
+        if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent, ir.RuntimeScalar)):
             return ()
         if isinstance(v, ir.AccRead):
             return self.acc[v.accumulator]

@@ -121,7 +121,9 @@ class KernelPrinter:
         if isinstance(v, ir.ParamRef):
             return param_constant(v.name), ATOM
         if isinstance(v, ir.Extent):
-            return self.need(v.axis), ATOM
+            return self.extent(v.axis, sec), ATOM
+        if isinstance(v, ir.RuntimeScalar):
+            return self.need(v.name), ATOM
         if isinstance(v, ir.Load):
             return self.load(v.tensor, sec), ATOM
         if isinstance(v, ir.AccRead):
@@ -151,6 +153,9 @@ class KernelPrinter:
         return f"({text})" if prec < need else text
 
     def is_static(self, v: ir.Value) -> bool:
+        """Whether `v` is a Python number when the kernel is traced (a segment's extent is not)."""
+        if isinstance(v, ir.Extent) and (self.k.axes[v.axis].jagged or self.k.axes[v.axis].paged):
+            return False
         return v.dtype is None and not v.dims and all(self.is_static(c) for c in ir.children(v))
 
     def operand(self, arg: ir.Value, result: ir.Value, sec: Section) -> tuple[str, int]:

@@ -81,8 +81,10 @@ class Evaluator:
             return Named(float(v.value), ())
         if isinstance(v, ir.ParamRef):
             return Named(float(self.k.params[v.name]), ())
-        if isinstance(v, ir.Extent):
+        if isinstance(v, ir.Extent):  # a jagged or paged axis: this segment's own extent
             return Named(float(self.sizes[v.axis]), ())
+        if isinstance(v, ir.RuntimeScalar):  # an entry keyword, passed in `sizes`
+            return Named(float(self.sizes[v.name]), ())
         if isinstance(v, ir.Load):
             return Named(np.asarray(self.inputs[v.tensor], dtype=np.float64), self.k.tensors[v.tensor].dims)
         if isinstance(v, ir.AccRead):

@@ -12,7 +12,7 @@ GENERATED = ROOT / "generated"
 DENSE_KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
 KERNELS = DENSE_KERNELS + ("gdpa", "gdpa_jagged", "paged_attention")
 # Kernels that use broadcasting by axis name, lower-rank outputs and per-segment reductions.
-BROADCAST_KERNELS = ("rmsnorm", "layernorm", "matmul_bias_gelu")
+BROADCAST_KERNELS = ("rmsnorm", "layernorm", "matmul_bias_gelu", "segment_sum", "segment_mean")
 KERNELS += BROADCAST_KERNELS
 
 

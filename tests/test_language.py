@@ -148,3 +148,68 @@ def test_attention_writes_its_log_sum_exp(tmp_path, nan_interpret):
     assert "tpu_custom_call" in lower_for_tpu(
         module, built.plan, Case("t", {"batch": 1, "head": 2, "sq": 256, "skv": 512, "d": 64})
     )
+
+
+# --- runtime scalars and shared keywords ---------------------------------------------
+
+def offsets(lengths):
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+
+
+SELF_ATTENTION = """\
+name: k
+axes:
+  b: {}
+  sq: {jagged: {offsets: seq_offsets, segment: b, max: max_seq_len}, block: 8}
+  skv: {jagged: {offsets: seq_offsets, segment: b, max: max_seq_len}, block: 8}
+  d: {max: 128}
+tensors:
+  q: {dims: [sq, d], dtype: float32}
+  k: {dims: [skv, d], dtype: float32}
+  v: {dims: [skv, d], dtype: float32}
+  seq_offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [sq, d], dtype: float32}
+compute:
+  s: dot(q, k, over=d)
+  out: dot(silu(s) / max_seq_len, v, over=skv)
+"""
+
+
+def test_a_shared_max_is_one_keyword_and_a_runtime_scalar(tmp_path, nan_interpret):
+    built, module = build(tmp_path, SELF_ATTENTION)
+    signature = next(line for line in built.source.splitlines() if line.startswith("def k("))
+    assert signature.count("max_seq_len") == 1
+    lengths, longest = [0, 1, 8, 9, 23, 24, 7], 24
+    o = offsets(lengths)
+    q, k, v = (normal(int(o[-1]), 16) for _ in range(3))
+    out = module.k(q, k, v, o, max_seq_len=longest, interpret=nan_interpret)
+    want = np.zeros((int(o[-1]), 16))
+    for b in range(len(lengths)):
+        rows = slice(o[b], o[b + 1])
+        s = q[rows].astype(np.float64) @ k[rows].T.astype(np.float64)
+        want[rows] = (s / (1 + np.exp(-s)) / longest) @ v[rows]
+    close(out, want, tol=2e-4)
+
+
+def test_runtime_scalar_in_the_reference(tmp_path):
+    from codegen.reference import reference
+
+    built, _ = build(tmp_path, SELF_ATTENTION)
+    o = offsets([2, 3])
+    q = k = v = np.ones((5, 4), np.float32)
+    got = reference(built.plan.ir, {"q": q, "k": k, "v": v, "seq_offsets": o}, {"sq": 5, "skv": 5, "b": 2, "d": 4, "max_seq_len": 10})
+    s = 4.0
+    assert np.allclose(got["out"][0], 2 * s / (1 + np.exp(-s)) / 10)
+
+
+def test_an_unknown_name_suggests_the_runtime_scalar(tmp_path, capsys):
+    err = spec_error(tmp_path, capsys, SELF_ATTENTION.replace("/ max_seq_len", "/ max_seq_lem"))
+    assert "undefined name 'max_seq_lem'" in err and "max_seq_len" in err
+
+
+def test_a_module_that_parses_but_does_not_compile_is_a_generator_bug():
+    from codegen.errors import GeneratorBug
+    from codegen.source_check import check_source
+
+    with pytest.raises(GeneratorBug, match="does not compile: duplicate argument 'n'"):
+        check_source("def f(x, *, n, n):\n    return x\n", "k.py")

@@ -284,6 +284,8 @@ class _Layouts:
             return tuple((d, False) for d in p.block_dims(p.ir.tensors[v.tensor].dims))
         if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent, ir.RuntimeScalar)):
             return ()
+        if isinstance(v, ir.Index):  # a position along a squeezed grid axis is the grid index
+            return tuple((d, False) for d in p.block_dims(v.dims))
         if isinstance(v, ir.AccRead):
             return self.acc[v.accumulator]
         if isinstance(v, ir.ValueRef):
@@ -463,7 +465,7 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
         if st.target == "tensor":
             continue
         lay = plan.statement_layouts[st.name]
-        dtype = st.value.dtype or "float32"
+        dtype = st.value.dtype if st.value.dtype in ITEMSIZE else "float32"  # a boolean counted as 4 bytes
         values += _padded_bytes(layout_shape(lay), dtype) if lay else 0
     if values:
         items.append(("kernel values (upper bound)", values))

@@ -23,7 +23,9 @@ ARRAY_UNARY = {
     "abs": "jnp.abs",
 }
 STATIC_UNARY = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "abs": "abs"}
-BINARY_OPS = {"+": 1, "-": 1, "*": 2, "/": 2}
+# Python's precedence: comparisons bind loosest, then | and &, then arithmetic.
+COMPARE = -4
+BINARY_OPS = {"|": -3, "&": -2, "+": 1, "-": 1, "*": 2, "/": 2, **{op: COMPARE for op in ir.COMPARISONS}}
 ATOM = 4
 
 
@@ -124,6 +126,8 @@ class KernelPrinter:
             return self.extent(v.axis, sec), ATOM
         if isinstance(v, ir.RuntimeScalar):
             return self.need(v.name), ATOM
+        if isinstance(v, ir.Index):
+            return self.index(v.axis, self.plan.layout(v), sec)
         if isinstance(v, ir.Load):
             return self.load(v.tensor, sec), ATOM
         if isinstance(v, ir.AccRead):
@@ -161,6 +165,8 @@ class KernelPrinter:
     def operand(self, arg: ir.Value, result: ir.Value, sec: Section) -> tuple[str, int]:
         """An elementwise operand, broadcast by axis name to the result's layout: the dims it
         lacks are inserted as size-1 dims, so that it lines up by name, not by position."""
+        if isinstance(arg, ir.Index) and self.plan.layout(arg):  # an iota laid out for its consumer
+            return self.index(arg.axis, self.plan.layout(result), sec)
         text, prec = self.expr(arg, sec)
         if self.is_static(arg):
             return text, prec
@@ -176,11 +182,14 @@ class KernelPrinter:
             prec = BINARY_OPS[v.fn]
             a, pa = self.operand(v.args[0], v, sec)
             b, pb = self.operand(v.args[1], v, sec)
-            return f"{self.paren(a, pa, prec)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
-        if v.fn == "neg":
+            left = prec + 1 if prec == COMPARE else prec  # a < b < c would chain
+            return f"{self.paren(a, pa, left)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
+        if v.fn in ("neg", "not"):
             a, pa = self.expr(v.args[0], sec)
-            return f"-{self.paren(a, pa, 3)}", 3
+            return f"{'-' if v.fn == 'neg' else '~'}{self.paren(a, pa, 3)}", 3
         args = [self.operand(a, v, sec)[0] for a in v.args]
+        if v.fn == "where":
+            return f"jnp.where({', '.join(args)})", ATOM
         if v.fn in ir.ACTIVATIONS:
             if v.fn == "raw":
                 return self.expr(v.args[0], sec)
@@ -215,6 +224,48 @@ class KernelPrinter:
             sec.indices.append(f"{name} = {self.ordered}_index * {block}")
             sec.loaded.add(name)
         return name
+
+    # -- positions
+    def grid_index(self, axis: str, sec: Section) -> str:
+        """The grid index along `axis`: bound by the kernel, or read here from the pallas_call grid."""
+        name = f"{axis}_index"
+        on_call_grid = self.plan.lowering == "pallas_grid" and axis in self.plan.grid and axis != self.ordered
+        if on_call_grid and name not in sec.loaded:
+            sec.indices.append(f"{name} = pl.program_id({self.plan.grid_position(axis)})")
+            sec.loaded.add(name)
+        return name
+
+    def block_start(self, axis: str, sec: Section) -> str:
+        """The position of this block's first element along a blocked axis (within its segment
+        for a jagged axis, within its sequence for a paged one)."""
+        if axis == self.ordered:
+            return self.tile_start(sec)
+        name = f"{axis}_start"
+        if name not in sec.loaded:
+            index = self.grid_index(axis, sec)
+            sec.indices.append(f"{name} = {index} * {self.need('block_' + axis)}")
+            sec.loaded.add(name)
+        return name
+
+    def index(self, axis: str, layout: Layout, sec: Section) -> tuple[str, int]:
+        """index(axis) at `layout`: an int32 iota along the axis's dim, size 1 in the others."""
+        mode = self.plan.axes[axis].mode
+        if mode in ("squeezed", "segment"):
+            return self.grid_index(axis, sec), ATOM
+        position = self.position(layout, axis)
+        if mode == "paged":
+            size = f"block_{axis}"
+        elif mode == "full":
+            size = self.need(axis)
+        else:
+            size = self.need(f"block_{axis}")
+        shape = ["1"] * len(layout)
+        shape[position] = size
+        self.uses.add("lax")
+        iota = f"lax.broadcasted_iota(jnp.int32, {_tuple(shape)}, {position})"
+        if mode == "full":
+            return iota, ATOM
+        return f"{self.block_start(axis, sec)} + {iota}", 1
 
     def extent(self, axis: str, sec: Section) -> str:
         """The axis's extent: static for a dense axis, this segment's for a jagged or paged one."""

@@ -213,3 +213,165 @@ def test_a_module_that_parses_but_does_not_compile_is_a_generator_bug():
 
     with pytest.raises(GeneratorBug, match="does not compile: duplicate argument 'n'"):
         check_source("def f(x, *, n, n):\n    return x\n", "k.py")
+
+
+# --- positions, comparisons and selection --------------------------------------------
+
+PICK = """\
+name: k
+axes:
+  m: {block: 128}
+  v: {block: 128}
+tensors:
+  logits: {dims: [m, v], dtype: float32}
+  targets: {dims: [m], dtype: int32}
+  picked: {dims: [m], dtype: float32}
+compute:
+  picked: sum(where(index(v) == targets, logits, 0), over=v)
+"""
+
+
+@pytest.mark.parametrize("v_axis", ["{block: 128}", "{max: 512}"])
+def test_index_compared_with_an_int32_tensor(tmp_path, nan_interpret, v_axis):
+    built, module = build(tmp_path, PICK.replace("v: {block: 128}", f"v: {v_axis}"))
+    assert "lax.broadcasted_iota(jnp.int32" in built.source
+    m, v = 3 * 128 + 1, 3 * 128 + 7  # three blocks and a tail on both axes
+    logits = normal(m, v)
+    targets = RNG.integers(-2, v + 2, size=m).astype(np.int32)  # some out of range: nothing picked
+    got = module.k(logits, targets, interpret=nan_interpret)
+    inside = (targets >= 0) & (targets < v)
+    want = np.where(inside, logits[np.arange(m), np.clip(targets, 0, v - 1)], 0.0)
+    close(got, want)
+    assert "tpu_custom_call" in lower_for_tpu(module, built.plan, Case("t", {"m": 256, "v": 512}))
+
+
+def test_comparisons_and_logic_in_the_reference_and_the_kernel(tmp_path, nan_interpret):
+    text = """\
+name: k
+axes:
+  m: {block: 8}
+  n: {block: 128}
+tensors:
+  x: {dims: [m, n], dtype: float32}
+  counts: {dims: [m, n], dtype: int32}
+  out: {dims: [m, n], dtype: float32}
+compute:
+  band: (x > -0.5) & (x <= 0.5) | ~(counts != 3)
+  out: where(band, x * counts + 1, -inf) + where(index(m) >= index(n), 0, 2 * x)
+"""
+    built, module = build(tmp_path, text)
+    assert "(x > -0.5) & (x <= 0.5) | ~(counts != 3)" in built.source
+    x, counts = normal(3 * 8 + 3, 3 * 128 + 1), RNG.integers(0, 6, size=(3 * 8 + 3, 3 * 128 + 1)).astype(np.int32)
+    got = np.asarray(module.k(x, counts, interpret=nan_interpret), np.float64)
+    band = ((x > -0.5) & (x <= 0.5)) | (counts == 3)
+    rows, cols = np.indices(x.shape)
+    want = np.where(band, x.astype(np.float64) * counts + 1, -np.inf) + np.where(rows >= cols, 0, 2.0 * x)
+    assert np.array_equal(np.isinf(got), np.isinf(want)) and (got[np.isinf(got)] < 0).all()
+    close(np.where(np.isinf(got), 0, got), np.where(np.isinf(want), 0, want))
+
+    from codegen.reference import reference
+
+    ref = reference(built.plan.ir, {"x": x, "counts": counts}, {"m": x.shape[0], "n": x.shape[1]})["out"]
+    assert np.array_equal(np.isinf(ref), np.isinf(want))
+    close(np.where(np.isinf(ref), 0, ref), np.where(np.isinf(want), 0, want))
+
+
+def test_causal_attention_by_position(tmp_path, nan_interpret):
+    text = (SPECS / "attention.yaml").read_text().replace(
+        "  s: dot(q, k, over=d) * rsqrt(extent(d))",
+        "  s: where(index(skv) <= index(sq), dot(q, k, over=d) * rsqrt(extent(d)), -inf)",
+    )
+    built, module = build(tmp_path, text)
+    q, k, v = (normal(1, 2, 3 * 64 + 5, 32) for _ in range(3))
+    out = module.attention(q, k, v, block_sq=64, block_skv=128, interpret=nan_interpret)
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) / np.sqrt(32)
+    s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    close(out, np.einsum("bhqk,bhkd->bhqd", p / p.sum(axis=-1, keepdims=True), v))
+
+
+def test_index_of_a_jagged_axis_counts_from_each_segments_start(tmp_path, nan_interpret):
+    text = SELF_ATTENTION.replace("dot(silu(s) / max_seq_len, v, over=skv)",
+                                  "dot(where(index(skv) <= index(sq), silu(s), 0) / max_seq_len, v, over=skv)")
+    _, module = build(tmp_path, text)
+    lengths, longest = [0, 1, 8, 9, 23, 24, 7], 24
+    o = offsets(lengths)
+    q, k, v = (normal(int(o[-1]), 16) for _ in range(3))
+    out = module.k(q, k, v, o, max_seq_len=longest, interpret=nan_interpret)
+    want = np.zeros((int(o[-1]), 16))
+    for b in range(len(lengths)):
+        rows = slice(o[b], o[b + 1])
+        s = q[rows].astype(np.float64) @ k[rows].T.astype(np.float64)
+        p = np.tril(s / (1 + np.exp(-s))) / longest
+        want[rows] = p @ v[rows]
+    close(out, want, tol=2e-4)
+
+
+def test_index_of_a_squeezed_axis_is_its_grid_index(tmp_path, nan_interpret):
+    text = """\
+name: k
+axes:
+  b: {}
+  m: {block: 8}
+  n: {max: 128}
+tensors:
+  x: {dims: [b, m, n], dtype: float32}
+  out: {dims: [b, m, n], dtype: float32}
+compute:
+  out: x * index(b) + index(m)
+"""
+    built, module = build(tmp_path, text)
+    assert "b_index = pl.program_id(0)" in built.source
+    x = normal(3, 8 * 3 + 1, 100)
+    got = module.k(x, interpret=nan_interpret)
+    close(got, x * np.arange(3)[:, None, None] + np.arange(x.shape[1])[None, :, None])
+
+
+def test_index_of_a_paged_axis_is_the_position_in_the_sequence(tmp_path, nan_interpret):
+    import jax.numpy as jnp
+
+    text = (SPECS / "paged_attention.yaml").read_text().replace(
+        "  s: dot(q, k_pages, over=d)", "  s: where(index(t) < 20, dot(q, k_pages, over=d), -inf)"
+    )
+    _, module = build(tmp_path, text)
+    rng = np.random.default_rng(3)
+    lengths, page, pages, kvh, groups, d = [0, 1, 16, 17, 65, 128], 16, 8, 1, 2, 128
+    total = len(lengths) * pages + 2
+    table = rng.permutation(total)[: len(lengths) * pages].reshape(len(lengths), pages).astype(np.int32)
+    q = jnp.asarray(rng.standard_normal((len(lengths), kvh * groups, d)), jnp.bfloat16)
+    kp = jnp.asarray(rng.standard_normal((kvh, total, page, d)), jnp.bfloat16)
+    vp = jnp.asarray(rng.standard_normal((kvh, total, page, d)), jnp.bfloat16)
+    out = module.paged_attention(q, kp, vp, np.asarray(lengths, np.int32), table, pages_per_compute_block=2,
+                                 interpret=nan_interpret)
+    q64, k64, v64 = (np.asarray(a, np.float32).astype(np.float64) for a in (q, kp, vp))
+    want = np.zeros(q64.shape)
+    for i, n in enumerate(lengths):
+        pos = np.arange(min(n, 20))  # positions past 19 are masked out
+        if not len(pos):
+            continue
+        keys, values = k64[0, table[i, pos // page], pos % page], v64[0, table[i, pos // page], pos % page]
+        for h in range(groups):
+            s = keys @ q64[i, h]
+            p = np.exp(s - s.max())
+            want[i, h] = p / p.sum() @ values
+    got = np.asarray(out, np.float32).astype(np.float64)
+    assert not np.isnan(got).any()
+    assert np.abs(got - want).max() < 3e-2
+
+
+SYNTAX_ERRORS = [
+    ("chained comparison", "out: where(0 < x < 1, x, 0)", "chained comparisons are not supported", 14),
+    ("arithmetic on a boolean", "out: (x > 0) * x", "'*' needs a number, but this operand is a boolean", 9),
+    ("& on numbers", "out: where(x & (x > 0), x, 0)", "'&' combines booleans, but this operand is a number", 14),
+    ("where on a number", "out: where(x, x, 0)", "where() needs a boolean condition", 14),
+    ("index of a non-axis", "out: x * index(x)", "index() takes an axis name", 18),
+    ("bit shift", "out: x << 2", "unsupported syntax in expression: operator LShift", 8),
+]
+
+
+@pytest.mark.parametrize("what, line, message, col", SYNTAX_ERRORS, ids=[c[0] for c in SYNTAX_ERRORS])
+def test_boolean_syntax_errors_are_located(tmp_path, capsys, what, line, message, col):
+    text = BROADCAST.replace("  out: row * x + col - row", "  " + line)
+    text = text.replace("  row: {dims: [m], dtype: float32}\n  col: {dims: [n], dtype: float32}\n", "")
+    err = spec_error(tmp_path, capsys, text)
+    assert message in err and f"k.yaml:9:{col}:" in err, err

@@ -538,6 +538,15 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             inputs[index].alias_output = len(outputs) - 1
 
     plan = Plan(k, CHIPS[chip], axes, grid, inputs, outputs, enabled, lowering, reason, pipeline_grid)
+    for op in inputs + outputs:
+        t = k.tensors[op.tensor]
+        if op.memory == "blocked" and not plan.block_dims(t.dims):
+            raise SpecError(
+                f"every dim of '{t.name}' [{', '.join(t.dims)}] is a grid axis, so its block would be a single "
+                "element, which a TPU block cannot be",
+                t.loc,
+                "add a dim that stays in the block (e.g. [" + ", ".join([*t.dims, "d"]) + "]), or give one of its axes a block",
+            )
 
     # Layouts: accumulators take the layout of their update; a first pass
     # leaves them open, a second checks everything against the result.

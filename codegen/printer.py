@@ -209,6 +209,8 @@ class KernelPrinter:
             return f"jnp.{v.fn}({', '.join(args)})", ATOM
         fn = ARRAY_UNARY[v.fn]
         self.uses.add(fn.split(".")[0])
+        if v.args[0].dtype is None:  # a segment's extent: an int32 scalar, which lax.rsqrt refuses
+            return f"{fn}({args[0]}.astype(jnp.float32))", ATOM
         return f"{fn}({args[0]})", ATOM
 
     @staticmethod

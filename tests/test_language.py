@@ -375,3 +375,36 @@ def test_boolean_syntax_errors_are_located(tmp_path, capsys, what, line, message
     text = text.replace("  row: {dims: [m], dtype: float32}\n  col: {dims: [n], dtype: float32}\n", "")
     err = spec_error(tmp_path, capsys, text)
     assert message in err and f"k.yaml:9:{col}:" in err, err
+
+
+# --- unsupported combinations ---------------------------------------------------------
+
+JAGGED_ROWS = """\
+name: k
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_seq_len}, block: 8}
+  d: {max: 128}
+tensors:
+  x: {dims: [t, d], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [b], dtype: float32}
+compute:
+  out: sum(sum(x, over=d), over=t)
+"""
+
+
+def test_an_output_of_one_element_per_segment_is_a_spec_error(tmp_path, capsys):
+    err = spec_error(tmp_path, capsys, JAGGED_ROWS)
+    assert "k.yaml:9:3: error: every dim of 'out' [b] is a grid axis" in err
+
+
+def test_a_segments_extent_in_a_float_function(tmp_path, nan_interpret):
+    text = JAGGED_ROWS.replace("out: {dims: [b]", "out: {dims: [t, d]").replace(
+        "out: sum(sum(x, over=d), over=t)", "out: x * rsqrt(extent(t))")
+    _, module = build(tmp_path, text)
+    lengths = [0, 1, 8, 9, 23, 24]
+    o = offsets(lengths)
+    x = normal(int(o[-1]), 128)
+    got = module.k(x, o, max_seq_len=24, interpret=nan_interpret)
+    close(got, x / np.sqrt(np.repeat(lengths, lengths))[:, None])

@@ -132,8 +132,17 @@ def grouped_gemm_cases(plan) -> list[Case]:
     return out
 
 
+def long_sequence_cases(plan) -> list[Case]:
+    """One head at S = 2048: where causal attention's skipped blocks show against full attention."""
+    return [Case("S=2048, 1 head", {"batch": 1, "head": 1, "sq": 2048, "skv": 2048, "d": 128})]
+
+
 # Cases a kernel is measured at beyond the first `codegen verify` case.
-EXTRA_CASES = {"grouped_gemm": grouped_gemm_cases}
+EXTRA_CASES = {
+    "grouped_gemm": grouped_gemm_cases,
+    "attention": long_sequence_cases,
+    "causal_attention": long_sequence_cases,
+}
 
 
 def measure(name: str, pick=lambda plan: cases(plan)[0]):

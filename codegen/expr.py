@@ -30,13 +30,13 @@ class Const(Expr):
 
 @dataclass(frozen=True)
 class Unary(Expr):
-    op: str  # "-"
+    op: str  # "-", or "~" (logical not)
     operand: Expr
 
 
 @dataclass(frozen=True)
 class Binary(Expr):
-    op: str  # "+", "-", "*", "/"
+    op: str  # "+", "-", "*", "/", a comparison (COMPARISONS), or "&" / "|" (logical and, or)
     left: Expr
     right: Expr
 
@@ -48,7 +48,9 @@ class Call(Expr):
     keywords: tuple[tuple[str, Expr, Location], ...]
 
 
-_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.BitAnd: "&", ast.BitOr: "|"}
+_COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+COMPARISONS = tuple(_COMPARE.values())
 
 
 def parse_expression(text: str, loc: Location) -> Expr:
@@ -77,6 +79,16 @@ def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
         if isinstance(operand, Const):
             return Const(loc, -operand.value)
         return Unary(loc, "-", operand)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Invert):
+        return Unary(loc, "~", _convert(node.operand, base, lead))
+    if isinstance(node, ast.Compare):
+        if len(node.ops) > 1:
+            raise SpecError(
+                "chained comparisons are not supported", loc, "combine two comparisons with &, e.g. (a < b) & (b < c)"
+            )
+        if type(node.ops[0]) not in _COMPARE:
+            raise SpecError(f"unsupported comparison: {type(node.ops[0]).__name__}", loc, f"use one of {' '.join(COMPARISONS)}")
+        return Binary(loc, _COMPARE[type(node.ops[0])], _convert(node.left, base, lead), _convert(node.comparators[0], base, lead))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         return Binary(loc, _BINARY[type(node.op)], _convert(node.left, base, lead), _convert(node.right, base, lead))
     if isinstance(node, ast.Call):
@@ -97,4 +109,6 @@ def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
         what = f"operator {type(node.op).__name__}"
     elif isinstance(node, ast.Attribute):
         what = "attribute access"
-    raise SpecError(f"unsupported syntax in expression: {what}", loc, "use + - * /, names, numbers and calls")
+    raise SpecError(
+        f"unsupported syntax in expression: {what}", loc, "use + - * /, comparisons, & | ~, names, numbers and calls"
+    )

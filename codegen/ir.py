@@ -39,9 +39,11 @@ ACTIVATIONS = {
 }
 UNARY_FUNCTIONS = {**UNARY_FUNCTIONS, **ACTIVATIONS}
 BINARY_FUNCTIONS = ("maximum", "minimum")
+COMPARISONS = ast.COMPARISONS  # give booleans
+LOGICAL = ("&", "|")  # combine booleans; "not" negates one
 REDUCTIONS = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}  # kind -> identity
 COMBINE = {"sum": "+", "dot": "+", "max": "maximum", "min": "minimum"}
-FUNCTIONS = (*UNARY_FUNCTIONS, *BINARY_FUNCTIONS, *REDUCTIONS, "dot", "cast", "extent")
+FUNCTIONS = (*UNARY_FUNCTIONS, *BINARY_FUNCTIONS, *REDUCTIONS, "dot", "cast", "extent", "index", "where")
 
 
 # --- values -----------------------------------------------------------------
@@ -74,6 +76,21 @@ class Extent(Value):
 
 
 @dataclass(frozen=True)
+class Index(Value):
+    """The int32 position along an axis: within its segment for a jagged axis, within its
+    sequence for a paged one."""
+
+    axis: str
+
+
+@dataclass(frozen=True)
+class RuntimeScalar(Value):
+    """An entry keyword read as a number: the `max` of a jagged axis."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class AccRead(Value):
     accumulator: str
     updated: bool  # False: the state before this step's update
@@ -86,7 +103,7 @@ class ValueRef(Value):
 
 @dataclass(frozen=True)
 class Elementwise(Value):
-    fn: str  # "+", "-", "*", "/", "neg", or a UNARY/BINARY function name
+    fn: str  # "+", "-", "*", "/", "neg", a comparison, "&", "|", "not", "where", or a UNARY/BINARY function name
     args: tuple[Value, ...]
 
 
@@ -309,20 +326,48 @@ class _Lowering:
             return self.name(e)
         if isinstance(e, ast.Unary):
             x = self.lower(e.operand, statement, writes_tensor)
+            if e.op == "~":
+                self.boolean(x, "~")
+                return Elementwise(x.dims, "bool", e.loc, "not", (x,))
+            self.numeric(x, "-")
+            if isinstance(x, Literal):
+                return Literal((), None, e.loc, -x.value)
             self.count(self.flops, x.dims)
             return Elementwise(x.dims, x.dtype, e.loc, "neg", (x,))
         if isinstance(e, ast.Binary):
             a = self.lower(e.left, statement, writes_tensor)
             b = self.lower(e.right, statement, writes_tensor)
             dims = _union(a.dims, b.dims)
+            self.count(self.flops, dims)
+            if e.op in LOGICAL:
+                self.boolean(a, e.op)
+                self.boolean(b, e.op)
+                return Elementwise(dims, "bool", e.loc, e.op, (a, b))
+            if e.op not in ("==", "!=") or (a.dtype == "bool") != (b.dtype == "bool"):
+                self.numeric(a, e.op)
+                self.numeric(b, e.op)
+            if e.op in COMPARISONS:
+                return Elementwise(dims, "bool", e.loc, e.op, (a, b))
             dtype = promote(a.dtype, b.dtype)
             if e.op == "/":
                 dtype = as_float(dtype)
-            self.count(self.flops, dims)
             return Elementwise(dims, dtype, e.loc, e.op, (a, b))
         if isinstance(e, ast.Call):
             return self.call(e, statement, writes_tensor)
         raise AssertionError(e)
+
+    @staticmethod
+    def boolean(x: Value, op: str) -> None:
+        if x.dtype != "bool":
+            raise SpecError(f"'{op}' combines booleans, but this operand is a number", x.loc, "compare first, e.g. (x > 0) & (y < 1)")
+
+    @staticmethod
+    def numeric(x: Value, op: str) -> None:
+        if x.dtype == "bool":
+            raise SpecError(
+                f"'{op}' needs a number, but this operand is a boolean", x.loc,
+                "combine booleans with & | ~, or turn one into numbers with where(cond, a, b)",
+            )
 
     def name(self, e: ast.Name) -> Value:
         n = e.id
@@ -357,7 +402,9 @@ class _Lowering:
             raise SpecError(f"axis '{n}' used as a value", e.loc, f"use extent({n}) for its size")
         if n in ("inf",):
             return Literal((), None, e.loc, float("inf"))
-        known = [*self.env, *spec.tensors, *spec.params, *self.accumulators]
+        if n in runtime_scalars(spec):
+            return RuntimeScalar((), None, e.loc, n)
+        known = [*self.env, *spec.tensors, *spec.params, *self.accumulators, *runtime_scalars(spec)]
         later = [s.name for s in spec.compute]
         if n in later:
             raise SpecError(f"'{n}' is used before it is computed", e.loc, "statements run in order")
@@ -399,6 +446,25 @@ class _Lowering:
             if not isinstance(arg, ast.Name) or arg.id not in self.spec.axes:
                 raise SpecError("extent() takes an axis name", arg.loc)
             return Extent((), None, e.loc, arg.id)
+        if f == "index":
+            want(1)
+            arg = e.args[0]
+            if not isinstance(arg, ast.Name) or arg.id not in self.spec.axes:
+                name = arg.id if isinstance(arg, ast.Name) else "?"
+                raise SpecError("index() takes an axis name", arg.loc, did_you_mean(name, self.spec.axes))
+            return Index((arg.id,), "int32", e.loc, arg.id)
+        if f == "where":
+            want(3)
+            if e.keywords:
+                raise SpecError("where() takes no keyword arguments", e.keywords[0][2])
+            c, a, b = (self.lower(x, statement, writes_tensor) for x in e.args)
+            if c.dtype != "bool":
+                raise SpecError("where() needs a boolean condition, e.g. a comparison", c.loc)
+            self.numeric(a, "where")
+            self.numeric(b, "where")
+            dims = _union(c.dims, a.dims, b.dims)
+            self.count(self.flops, dims)
+            return Elementwise(dims, promote(a.dtype, b.dtype), e.loc, "where", (c, a, b))
         if f == "cast":
             want(2)
             x = self.lower(e.args[0], statement, writes_tensor)
@@ -412,22 +478,30 @@ class _Lowering:
         if f in UNARY_FUNCTIONS:
             want(1)
             x = self.lower(e.args[0], statement, writes_tensor)
+            self.numeric(x, f)
             self.count(self.transcendentals if UNARY_FUNCTIONS[f] else self.flops, x.dims)
             return Elementwise(x.dims, as_float(x.dtype), e.loc, f, (x,))
         if f in BINARY_FUNCTIONS:
             want(2)
             a = self.lower(e.args[0], statement, writes_tensor)
             b = self.lower(e.args[1], statement, writes_tensor)
+            self.numeric(a, f)
+            self.numeric(b, f)
             dims = _union(a.dims, b.dims)
             self.count(self.flops, dims)
             return Elementwise(dims, promote(a.dtype, b.dtype), e.loc, f, (a, b))
         if f in REDUCTIONS:
             want(1)
             x = self.lower(e.args[0], statement, writes_tensor)
+            self.numeric(x, f)
             axis = self.axis_arg(e, (x.dims, "its operand"))
             self.count(self.flops, x.dims)
             self.reduced.add(axis)
-            v = Reduce(tuple(d for d in x.dims if d != axis), x.dtype, e.loc, f, x, axis)
+            dims = tuple(d for d in x.dims if d != axis)
+            segment = self.spec.axes[axis].segment
+            if segment and segment not in dims:
+                dims += (segment,)  # over a jagged or paged axis: one value per segment
+            v = Reduce(dims, x.dtype, e.loc, f, x, axis)
             return self.maybe_accumulate(v, f, statement, writes_tensor)
         if f == "dot":
             want(2)
@@ -435,6 +509,7 @@ class _Lowering:
             b = self.lower(e.args[1], statement, writes_tensor)
             axis = self.axis_arg(e, (a.dims, "the left operand"), (b.dims, "the right operand"))
             for x, what in ((a, "left"), (b, "right")):
+                self.numeric(x, "dot")
                 if x.dtype is None:
                     raise SpecError(f"the {what} operand of dot() must be a tensor value, not a scalar", x.loc)
             dims = _union(tuple(d for d in a.dims if d != axis), tuple(d for d in b.dims if d != axis))
@@ -588,7 +663,7 @@ def _assign_phases(statements: list[Statement], ordered: str | None, spec: Spec)
         if st.target == "accumulator":
             kind = "step"
         for v in walk(st.value):
-            if isinstance(v, Load) and ordered in v.dims:
+            if isinstance(v, (Load, Index)) and ordered in v.dims:
                 kind = "step"
             elif isinstance(v, AccRead):
                 if not v.updated:
@@ -663,6 +738,12 @@ def _axes_used_against_their_reductions(statements: list[Statement], spec: Spec)
         if st.target == "tensor" and st.name in spec.tensors:
             found.update(x for x in hidden_by_statement[st.name] if x in spec.tensors[st.name].axes)
     return frozenset(x for x in found if spec.axes[x].block is not None and x not in declared)
+
+
+def runtime_scalars(spec: Spec) -> list[str]:
+    """Entry keywords that expressions may read as numbers: each jagged axis's `max`, once
+    (two jagged axes naming the same `max` share one keyword)."""
+    return list(dict.fromkeys(a.jagged.max for a in spec.axes.values() if a.jagged))
 
 
 def lower(spec: Spec) -> KernelIR:

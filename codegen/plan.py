@@ -88,6 +88,7 @@ class Plan:
     paged_prefetch: bool = True
     semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
+    mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
     accumulator_layouts: dict[str, Layout] = field(default_factory=dict)
@@ -170,7 +171,15 @@ class LayoutError(Exception):
     pass
 
 
-def _align(a: Layout | None, b: Layout | None) -> Layout | None:
+def _align(a: Layout | None, b: Layout | None, order: tuple[str, ...] = ()) -> Layout | None:
+    """The layout of an elementwise result of operands laid out as `a` and `b`.
+
+    Operands line up by axis name: one whose axes are a subset of the other's is
+    broadcast into it, and two that each hold axes of their own merge, the axes that
+    only one of them holds placed by `order` (the spec's axis order). Shared axes must
+    come in the same order in both. A kept size-1 slot (a reduced axis) takes whatever
+    the other operand holds at that axis, or stays kept.
+    """
     if a is None:
         return b
     if b is None:
@@ -179,17 +188,44 @@ def _align(a: Layout | None, b: Layout | None) -> Layout | None:
         return b
     if not b:
         return a
-    if len(a) != len(b):
+    if len(a) == len(b) and all(sa or sb or xa == xb for (xa, sa), (xb, sb) in zip(a, b)):
+        return tuple((xb, sb) if sa else (xa, sa) for (xa, sa), (xb, sb) in zip(a, b))
+    names_a, names_b = [x for x, _ in a], [x for x, _ in b]
+    if len(set(names_a)) != len(names_a) or len(set(names_b)) != len(names_b):
         raise LayoutError
-    out = []
-    for (xa, sa), (xb, sb) in zip(a, b):
-        if sa:
-            out.append((xb, sb))
-        elif sb or xa == xb:
-            out.append((xa, sa))
+    shared = [x for x in names_a if x in names_b]
+    if shared != [x for x in names_b if x in names_a]:
+        raise LayoutError
+    kept = {x: sa for x, sa in a}
+    for x, sb in b:
+        kept[x] = kept[x] and sb if x in kept else sb
+    rank = {x: i for i, x in enumerate(order)}
+    out: list[str] = []
+    i = j = 0
+    while i < len(names_a) or j < len(names_b):
+        xa = names_a[i] if i < len(names_a) else None
+        xb = names_b[j] if j < len(names_b) else None
+        if xa is not None and xa == xb:
+            out.append(xa)
+            i, j = i + 1, j + 1
+        elif xb is None or (xa is not None and xa not in shared and (xb in shared or rank.get(xa, -1) <= rank.get(xb, -1))):
+            out.append(xa)
+            i += 1
         else:
-            raise LayoutError
-    return tuple(out)
+            out.append(xb)
+            j += 1
+    return tuple((x, kept[x]) for x in out)
+
+
+def expansion(have: Layout, want: Layout) -> tuple[int, ...]:
+    """Positions of `want` that an operand laid out as `have` lacks (it is broadcast there).
+
+    `have` lines up by name with a subsequence of `want`; returns () when it needs no
+    new dims (a scalar, or the same rank)."""
+    if not have or len(have) == len(want):
+        return ()
+    names = [x for x, _ in have]
+    return tuple(i for i, (x, _) in enumerate(want) if x not in names)
 
 
 def format_layout(layout: Layout | None) -> str:
@@ -264,8 +300,10 @@ class _Layouts:
         p = self.plan
         if isinstance(v, ir.Load):
             return tuple((d, False) for d in p.block_dims(p.ir.tensors[v.tensor].dims))
-        if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent)):
+        if isinstance(v, (ir.ParamRef, ir.Literal, ir.Extent, ir.RuntimeScalar)):
             return ()
+        if isinstance(v, ir.Index):  # a position along a squeezed grid axis is the grid index
+            return tuple((d, False) for d in p.block_dims(v.dims))
         if isinstance(v, ir.AccRead):
             return self.acc[v.accumulator]
         if isinstance(v, ir.ValueRef):
@@ -278,12 +316,12 @@ class _Layouts:
             out: Layout = ()
             try:
                 for lay in known:
-                    out = _align(out, lay)
+                    out = _align(out, lay, tuple(p.ir.axes))
             except LayoutError:
                 raise SpecError(
                     f"cannot line up operands with dims {' and '.join(format_layout(lay) for lay in layouts)}",
                     v.loc,
-                    "operands must list shared axes in the same order",
+                    "operands line up by axis name: list the axes they share in the same order",
                 ) from None
             return out
         if isinstance(v, ir.Cast):
@@ -459,7 +497,7 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
         if st.target == "tensor":
             continue
         lay = plan.statement_layouts[st.name]
-        dtype = st.value.dtype or "float32"
+        dtype = st.value.dtype if st.value.dtype in ITEMSIZE else "float32"  # a boolean counted as 4 bytes
         values += _padded_bytes(layout_shape(lay), dtype) if lay else 0
     if values:
         items.append(("kernel values (upper bound)", values))
@@ -518,6 +556,15 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             inputs[index].alias_output = len(outputs) - 1
 
     plan = Plan(k, CHIPS[chip], axes, grid, inputs, outputs, enabled, lowering, reason, pipeline_grid)
+    for op in inputs + outputs:
+        t = k.tensors[op.tensor]
+        if op.memory == "blocked" and not plan.block_dims(t.dims):
+            raise SpecError(
+                f"every dim of '{t.name}' [{', '.join(t.dims)}] is a grid axis, so its block would be a single "
+                "element, which a TPU block cannot be",
+                t.loc,
+                "add a dim that stays in the block (e.g. [" + ", ".join([*t.dims, "d"]) + "]), or give one of its axes a block",
+            )
 
     # Layouts: accumulators take the layout of their update; a first pass
     # leaves them open, a second checks everything against the result.
@@ -538,8 +585,9 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     for st in k.statements:
         if st.target == "tensor":
             want = [d for d in plan.block_dims(k.tensors[st.name].dims)]
+            # Kept size-1 slots (reduced axes) are squeezed when the value is written.
             got = [d for d, one in second.statements[st.name] if not one]
-            if sorted(want) != sorted(got) or any(one for _, one in second.statements[st.name]):
+            if sorted(want) != sorted(got):
                 raise SpecError(f"the value written to '{st.name}' has layout {format_layout(second.statements[st.name])}, not [{', '.join(want)}]", st.loc)
     plan.layouts = second.values
     plan.statement_layouts = second.statements
@@ -547,6 +595,9 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
 
     for rule in RULES:
         plan.decisions.extend(rule.apply(plan, enabled[rule.name]))
+    for op in plan.inputs:
+        if op.memory == "blocked" and not plan.index_axes(op.tensor):
+            op.buffers = 1  # the same block at every grid step: fetched once, resident in VMEM
 
     plan.vmem = _estimate_vmem(plan)
     total = plan.vmem.total

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from codegen import ir
-from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation
+from codegen import ir, masks
+from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation, expansion
 
 JNP_DTYPE = {d: f"jnp.{d}" for d in ("float32", "bfloat16", "float16", "int32", "int16", "int8")}
 ARRAY_UNARY = {
@@ -23,7 +23,9 @@ ARRAY_UNARY = {
     "abs": "jnp.abs",
 }
 STATIC_UNARY = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "abs": "abs"}
-BINARY_OPS = {"+": 1, "-": 1, "*": 2, "/": 2}
+# Python's precedence: comparisons bind loosest, then | and &, then arithmetic.
+COMPARE = -4
+BINARY_OPS = {"|": -3, "&": -2, "+": 1, "-": 1, "*": 2, "/": 2, **{op: COMPARE for op in ir.COMPARISONS}}
 ATOM = 4
 
 
@@ -96,7 +98,57 @@ class _Spec:
         return f"pl.BlockSpec({self.shape}, {self.index_map}{self.extra})"
 
 
-def block_spec(plan: Plan, op: Operand, maps: IndexMaps) -> "_Spec | str":
+def extent_text(plan: Plan, axis: str, printer=None) -> str:
+    """An axis's extent where index maps run: static for a dense axis, from the offsets for
+    a jagged one (the offsets ref is in scope there)."""
+    j = plan.ir.axes[axis].jagged
+    if j is None:
+        return printer.need(axis) if printer else axis
+    return f"({j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index])"
+
+
+def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
+    """The ordered axis's block index in an index map, clamped to the tiles `mask_skip`
+    leaves live, so that a skipped tile repeats a live block and the pipeline fetches
+    nothing for it. `printer` marks the names used as kernel arguments (when the maps are
+    printed inside the kernel)."""
+    skip = plan.mask_skip
+    if skip is None:
+        return None
+    need = printer.need if printer else (lambda name: name)
+    bounds = {}
+    for a in skip.axes:
+        if a == skip.axis:
+            continue
+        mode = plan.axes[a].mode
+        if mode in ("squeezed", "segment"):
+            bounds[a] = (f"{a}_index", f"{a}_index")
+        elif mode == "full":
+            bounds[a] = ("0", f"{need(a)} - 1")
+        else:
+            block = need(f"block_{a}")
+            bounds[a] = (f"{a}_index * {block}", f"{a}_index * {block} + {block} - 1")
+
+    def value(term):
+        kind, name = term
+        if kind == "extent":
+            return extent_text(plan, name, printer)
+        return need(name) if kind == "scalar" else param_constant(name)
+
+    firsts, lasts = masks.clamp_range(skip.condition, skip.axis, need(f"block_{skip.axis}"), bounds, value)
+    if not firsts and not lasts:
+        return None
+    tile = f"{skip.axis}_index"
+    for first in firsts:
+        tile = f"jnp.maximum({tile}, {first})"
+    for last in lasts:
+        tile = f"jnp.minimum({tile}, {last})"
+    if plan.axes[skip.axis].mode == "tiled":
+        return f"jnp.clip({tile}, 0, pl.cdiv({need(skip.axis)}, {need('block_' + skip.axis)}) - 1)"
+    return f"jnp.maximum({tile}, 0)"
+
+
+def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = None) -> "_Spec | str":
     """The BlockSpec of one operand, for the pallas_call or for an inner pipeline."""
     if op.memory == "any":
         return "pl.BlockSpec(memory_space=pl.ANY)"
@@ -110,22 +162,27 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps) -> "_Spec | str":
             index.append(f"{d}_index")
         elif mode == "tiled" and plan.unit.clamps_tails:
             # a pipeline's DMA does not clip a block that overhangs the array: bound the last one
+            tile = clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index"
             shape.append(f"pl.BoundedSlice(block_{d})")
-            index.append(f"_bounded_tile({d}_index, block_{d}, {d})")
+            index.append(f"_bounded_tile({tile}, block_{d}, {d})")
         elif mode == "tiled":
             shape.append(f"block_{d}")
-            index.append(f"{d}_index")
+            index.append(clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index")
         elif mode == "jagged":
             j = k.axes[d].jagged
+            tile = clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index"
             shape.append(f"pl.BoundedSlice(block_{d})")
-            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {d}_index, block_{d})")
+            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {tile}, block_{d})")
         else:
             shape.append(d)
             index.append("0")
     maps.helpers |= {h for h in ("bounded_tile", "jagged_tile") if any(f"_{h}(" in i for i in index)}
     returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
-    return _Spec(tuple_text(shape), _MapRef(maps, returned), extra, plan.why(op.tensor, "block_spec"))
+    why = plan.why(op.tensor, "block_spec")
+    if clamp and plan.ir.ordered_axis in t.dims:
+        why += plan.why(plan.mask_skip.statement, "block_spec")
+    return _Spec(tuple_text(shape), _MapRef(maps, returned), extra, why)
 
 
 @dataclass
@@ -155,6 +212,8 @@ class KernelPrinter:
         self.emitted: set[tuple[str, str]] = set()
         self.ordered = self.k.ordered_axis
         self.outer_names: set[str] = set()  # defined around the sections (a segment's extent, say)
+        # Grid axes whose index the kernel body does not bind: read with pl.program_id where needed.
+        self.program_ids: dict[str, int] = {}
 
     # -- static arguments
     def need(self, arg: str) -> str:
@@ -171,7 +230,11 @@ class KernelPrinter:
         if isinstance(v, ir.ParamRef):
             return param_constant(v.name), ATOM
         if isinstance(v, ir.Extent):
-            return self.need(v.axis), ATOM
+            return self.extent(v.axis, sec), ATOM
+        if isinstance(v, ir.RuntimeScalar):
+            return self.need(v.name), ATOM
+        if isinstance(v, ir.Index):
+            return self.index(v.axis, self.plan.layout(v), sec)
         if isinstance(v, ir.Load):
             return self.load(v.tensor, sec), ATOM
         if isinstance(v, ir.AccRead):
@@ -201,18 +264,39 @@ class KernelPrinter:
         return f"({text})" if prec < need else text
 
     def is_static(self, v: ir.Value) -> bool:
+        """Whether `v` is a Python number when the kernel is traced (a segment's extent is not)."""
+        if isinstance(v, ir.Extent) and (self.k.axes[v.axis].jagged or self.k.axes[v.axis].paged):
+            return False
         return v.dtype is None and not v.dims and all(self.is_static(c) for c in ir.children(v))
+
+    def operand(self, arg: ir.Value, result: ir.Value, sec: Section) -> tuple[str, int]:
+        """An elementwise operand, broadcast by axis name to the result's layout: the dims it
+        lacks are inserted as size-1 dims, so that it lines up by name, not by position."""
+        if isinstance(arg, ir.Index) and self.plan.layout(arg):  # an iota laid out for its consumer
+            return self.index(arg.axis, self.plan.layout(result), sec)
+        text, prec = self.expr(arg, sec)
+        if self.is_static(arg):
+            return text, prec
+        missing = expansion(self.plan.layout(arg), self.plan.layout(result))
+        if not missing:
+            return text, prec
+        rank = len(self.plan.layout(result))
+        index = ", ".join("None" if i in missing else ":" for i in range(rank))
+        return f"{self.paren(text, prec, ATOM)}[{index}]", ATOM
 
     def elementwise(self, v: ir.Elementwise, sec: Section) -> tuple[str, int]:
         if v.fn in BINARY_OPS:
             prec = BINARY_OPS[v.fn]
+            a, pa = self.operand(v.args[0], v, sec)
+            b, pb = self.operand(v.args[1], v, sec)
+            left = prec + 1 if prec == COMPARE else prec  # a < b < c would chain
+            return f"{self.paren(a, pa, left)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
+        if v.fn in ("neg", "not"):
             a, pa = self.expr(v.args[0], sec)
-            b, pb = self.expr(v.args[1], sec)
-            return f"{self.paren(a, pa, prec)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
-        if v.fn == "neg":
-            a, pa = self.expr(v.args[0], sec)
-            return f"-{self.paren(a, pa, 3)}", 3
-        args = [self.expr(a, sec)[0] for a in v.args]
+            return f"{'-' if v.fn == 'neg' else '~'}{self.paren(a, pa, 3)}", 3
+        args = [self.operand(a, v, sec)[0] for a in v.args]
+        if v.fn == "where":
+            return f"jnp.where({', '.join(args)})", ATOM
         if v.fn in ir.ACTIVATIONS:
             if v.fn == "raw":
                 return self.expr(v.args[0], sec)
@@ -232,6 +316,8 @@ class KernelPrinter:
             return f"jnp.{v.fn}({', '.join(args)})", ATOM
         fn = ARRAY_UNARY[v.fn]
         self.uses.add(fn.split(".")[0])
+        if v.args[0].dtype is None:  # a segment's extent: an int32 scalar, which lax.rsqrt refuses
+            return f"{fn}({args[0]}.astype(jnp.float32))", ATOM
         return f"{fn}({args[0]})", ATOM
 
     @staticmethod
@@ -249,6 +335,47 @@ class KernelPrinter:
             sec.indices.append(f"{name} = {axis}_index * {block}")
             sec.loaded.add(name)
         return name
+
+    # -- positions
+    def grid_index(self, axis: str, sec: Section) -> str:
+        """The grid index along `axis`: bound by the kernel, or read here from the pallas_call grid."""
+        name = f"{axis}_index"
+        if axis in self.program_ids and name not in sec.loaded:
+            sec.indices.append(f"{name} = pl.program_id({self.program_ids[axis]})")
+            sec.loaded.add(name)
+        return name
+
+    def block_start(self, axis: str, sec: Section) -> str:
+        """The position of this block's first element along a blocked axis (within its segment
+        for a jagged axis, within its sequence for a paged one)."""
+        if axis == self.ordered:
+            return self.tile_start(sec)
+        name = f"{axis}_start"
+        if name not in sec.loaded:
+            index = self.grid_index(axis, sec)
+            sec.indices.append(f"{name} = {index} * {self.need('block_' + axis)}")
+            sec.loaded.add(name)
+        return name
+
+    def index(self, axis: str, layout: Layout, sec: Section) -> tuple[str, int]:
+        """index(axis) at `layout`: an int32 iota along the axis's dim, size 1 in the others."""
+        mode = self.plan.axes[axis].mode
+        if mode in ("squeezed", "segment"):
+            return self.grid_index(axis, sec), ATOM
+        position = self.position(layout, axis)
+        if mode == "paged":
+            size = f"block_{axis}"
+        elif mode == "full":
+            size = self.need(axis)
+        else:
+            size = self.need(f"block_{axis}")
+        shape = ["1"] * len(layout)
+        shape[position] = size
+        self.uses.add("lax")
+        iota = f"lax.broadcasted_iota(jnp.int32, {tuple_text(shape)}, {position})"
+        if mode == "full":
+            return iota, ATOM
+        return f"{self.block_start(axis, sec)} + {iota}", 1
 
     def extent(self, axis: str, sec: Section) -> str:
         """The axis's extent: static for a dense axis, this segment's for a jagged or paged one."""
@@ -387,7 +514,13 @@ class KernelPrinter:
             self.update(st, sec)
 
     def transposed(self, text: str, st: ir.Statement) -> str:
-        have = [d for d, _ in self.plan.statement_layouts[st.name]]
+        """A value as its output block holds it: reduced (size-1) dims squeezed, dims in the
+        tensor's order."""
+        layout = self.plan.statement_layouts[st.name]
+        kept = [i for i, (_, one) in enumerate(layout) if one]
+        if kept:
+            text = f"jnp.squeeze({text}, axis={tuple_text(kept) if len(kept) > 1 else kept[0]})"
+        have = [d for d, one in layout if not one]
         want = list(self.plan.block_dims(self.k.tensors[st.name].dims))
         if have == want:
             return text
@@ -432,6 +565,31 @@ class KernelPrinter:
             if st.phase == phase:
                 self.statement(st, sec)
         return sec.code()
+
+    # -- masked tiles (the mask_skip rule)
+    def mask_value(self, term, sec: Section | None) -> str:
+        kind, name = term
+        if kind == "extent":
+            return self.extent(name, sec) if sec is not None else extent_text(self.plan, name, self)
+        if kind == "scalar":
+            return self.need(name)
+        return param_constant(name)
+
+    def live_condition(self, sec: Section) -> str:
+        """Code that is true when this tile of the ordered axis is not masked out entirely."""
+        skip = self.plan.mask_skip
+        bounds = {}
+        for a in skip.axes:
+            mode = self.plan.axes[a].mode
+            if mode in ("squeezed", "segment"):
+                index = self.grid_index(a, sec)
+                bounds[a] = (index, index)
+            elif mode == "full":
+                bounds[a] = ("0", f"{self.need(a)} - 1")
+            else:
+                start = self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec)
+                bounds[a] = (start, f"{start} + {self.need('block_' + a)} - 1")
+        return masks.live_text(skip.condition, bounds, lambda t: self.mask_value(t, sec))
 
     # -- labels of kernel refs
     def block_shape(self, op: Operand) -> str:

@@ -47,6 +47,7 @@ _UNARY = {
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
     "abs": np.abs,
     "neg": np.negative,
+    "not": np.logical_not,
     # activations
     "raw": lambda x: x,
     "relu": lambda x: np.maximum(x, 0.0),
@@ -64,15 +65,25 @@ _BINARY = {
     "/": np.divide,
     "maximum": np.maximum,
     "minimum": np.minimum,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+    "&": np.logical_and,
+    "|": np.logical_or,
+    "where": np.where,
 }
 _REDUCE = {"sum": np.sum, "max": np.max, "min": np.min}
 
 
 class Evaluator:
-    def __init__(self, k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int]):
+    def __init__(self, k: ir.KernelIR, inputs: dict[str, np.ndarray], sizes: dict[str, int], origin=None):
         self.k = k
         self.inputs = inputs
         self.sizes = sizes
+        self.origin = origin or {}  # axis -> the position of its first index here (a segment's number)
         self.values: dict[str, Named] = {}
         self.state: dict[str, Named] = {}
 
@@ -81,8 +92,12 @@ class Evaluator:
             return Named(float(v.value), ())
         if isinstance(v, ir.ParamRef):
             return Named(float(self.k.params[v.name]), ())
-        if isinstance(v, ir.Extent):
+        if isinstance(v, ir.Extent):  # a jagged or paged axis: this segment's own extent
             return Named(float(self.sizes[v.axis]), ())
+        if isinstance(v, ir.Index):  # within a segment: from 0
+            return Named(self.origin.get(v.axis, 0) + np.arange(self.sizes[v.axis], dtype=np.float64), (v.axis,))
+        if isinstance(v, ir.RuntimeScalar):  # an entry keyword, passed in `sizes`
+            return Named(float(self.sizes[v.name]), ())
         if isinstance(v, ir.Load):
             return Named(np.asarray(self.inputs[v.tensor], dtype=np.float64), self.k.tensors[v.tensor].dims)
         if isinstance(v, ir.AccRead):
@@ -94,9 +109,8 @@ class Evaluator:
             dims = v.dims
             if v.fn in _UNARY:
                 return Named(_UNARY[v.fn](args[0].to(dims) if dims else args[0].data), dims)
-            a, b = (x.to(dims) if dims else x.data for x in args)
             with np.errstate(invalid="ignore"):
-                return Named(_BINARY[v.fn](a, b), dims)
+                return Named(_BINARY[v.fn](*(x.to(dims) if dims else x.data for x in args)), dims)
         if isinstance(v, ir.Cast):
             x = self.eval(v.operand)
             return Named(_round(x.data, v.dtype), x.dims)
@@ -186,6 +200,6 @@ def _by_segment(k: ir.KernelIR, inputs, sizes, segmented) -> dict[str, np.ndarra
             else:
                 seg_inputs[t.name] = inputs[t.name][part(t.dims)]
         seg_sizes = dict(sizes, **{segment: 1}, **extents)
-        for name, value in Evaluator(k, seg_inputs, seg_sizes).run().items():
+        for name, value in Evaluator(k, seg_inputs, seg_sizes, origin={segment: b}).run().items():
             outputs[name][part(k.tensors[name].dims)] = value
     return outputs

@@ -138,7 +138,8 @@ class Entry:
         return [a for a in self.k.axes if a in needed and a not in inputs]
 
     def jagged_maxima(self) -> list[str]:
-        return [a.jagged.max for a in self.k.axes.values() if a.jagged]
+        """The keywords bounding jagged axes, each once: axes may share one."""
+        return ir.runtime_scalars(self.k.spec)
 
     def blocked_axes(self) -> list[str]:
         return [a for a in self.plan.grid + self.plan.pipeline_grid if self.plan.axes[a].blocked]
@@ -280,9 +281,9 @@ class Entry:
             lines.append(f"  {t.name}: {t.dtype}[{shown}].{note}")
         for a in self.unbound_axes():
             lines.append(f"  {a}: extent of axis {a}.")
-        for a in k.axes.values():
-            if a.jagged:
-                lines.append(f"  {a.jagged.max}: the largest extent of {a.name} in any segment (it sizes the grid).")
+        for name in self.jagged_maxima():
+            bounded = ", ".join(a.name for a in k.axes.values() if a.jagged and a.jagged.max == name)
+            lines.append(f"  {name}: the largest extent of {bounded} in any segment (it sizes the grid).")
         for a in self.blocked_axes():
             lines.append(f"  block_{a}: tile size along {a}.")
         lines += [f"  {doc}" for _, doc in self.plan.unit.signature_keywords(self.plan)]

@@ -23,6 +23,10 @@ def check_source(source: str, what: str) -> None:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as err:
         raise GeneratorBug(f"{what}: generated code does not parse: {err}") from None
+    try:  # what parses may still not compile: a duplicate argument, say
+        compile(source, what, "exec")
+    except SyntaxError as err:
+        raise GeneratorBug(f"{what}: generated code does not compile: {err.msg} (line {err.lineno})") from None
     wrapper = MetadataWrapper(module)
     scopes = set(wrapper.resolve(ScopeProvider).values())
     problems = []

@@ -116,10 +116,11 @@ def _grouped_gemm_kernel(
         def _init():
             out_acc_ref[...] = jnp.zeros(out_acc_ref.shape, out_acc_ref.dtype)
 
+        k_start = k_index * block_k
+
         def step():
             lhs = lhs_ref[...]
             rhs = rhs_ref[...]
-            k_start = k_index * block_k
             lhs_masked = _mask_tail(lhs, axis=1, start=k_start, size=k, fill=0.0)
             rhs_masked = _mask_tail(rhs, axis=0, start=k_start, size=k, fill=0.0)
             out_acc_ref[...] += jnp.dot(lhs_masked, rhs_masked, preferred_element_type=jnp.float32)

@@ -11,6 +11,9 @@ SPECS = ROOT / "specs"
 GENERATED = ROOT / "generated"
 DENSE_KERNELS = ("exp", "axpy", "softmax", "bmm", "attention")
 KERNELS = DENSE_KERNELS + ("gdpa", "gdpa_jagged", "paged_attention")
+# Kernels that use broadcasting by axis name, lower-rank outputs and per-segment reductions.
+BROADCAST_KERNELS = ("rmsnorm", "layernorm", "matmul_bias_gelu", "segment_sum", "segment_mean")
+KERNELS += BROADCAST_KERNELS
 
 
 def write_spec(folder: Path, text: str, name: str = "k.yaml") -> Path:

@@ -18,6 +18,9 @@ class Lowering:
     asks_tpu_info: bool = False
     # Its DMAs copy whole blocks, so a block overhanging the array must be bounded explicitly.
     clamps_tails: bool = False
+    # It can skip masked tiles of the ordered axis (the mask_skip rule): its ordered axis is a
+    # grid axis, whose compute can be guarded and whose index maps can be clamped.
+    skips_masked_tiles: bool = True
 
     # -- planning
     def applies(self, k: "ir.KernelIR", axes: dict[str, "AxisPlan"]) -> bool:

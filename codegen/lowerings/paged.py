@@ -13,6 +13,7 @@ from codegen.printer import IndexMaps, KernelPrinter, KernelSource, RefGroup, Se
 
 class PagedWalk(Lowering):
     name = "paged"
+    skips_masked_tiles = False  # the paged axis is an in-kernel loop, not a grid axis
 
     def applies(self, k, axes):
         return any(a.mode == "paged" for a in axes.values())

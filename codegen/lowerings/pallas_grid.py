@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from codegen.lowerings.base import Lowering, call_tail, one_or_list, scratch_lines, spec_lines
-from codegen.printer import IndexMaps, KernelPrinter, KernelSource, RefGroup, block_spec, def_block, tuple_text
+from codegen.printer import (
+    IndexMaps,
+    KernelPrinter,
+    KernelSource,
+    RefGroup,
+    Section,
+    block_spec,
+    def_block,
+    masked_tile_clamp,
+    tuple_text,
+)
 
 
 class PallasGrid(Lowering):
@@ -18,13 +28,25 @@ class PallasGrid(Lowering):
     def kernel(self, plan):
         k, ordered = plan.ir, plan.ir.ordered_axis
         p = KernelPrinter(plan)
+        p.program_ids = {a: i for i, a in enumerate(plan.grid) if a != ordered}
         if ordered is None:
             lines = p.section("step")
         else:
             index = plan.grid.index(ordered)
             lines = [f"{ordered}_index = pl.program_id({index})", ""]
             lines += def_block("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
-            lines += p.section("step") + [""]
+            if plan.mask_skip:
+                step = Section("step")
+                for st in k.statements:
+                    if st.phase == "step":
+                        p.statement(st, step)
+                live = p.live_condition(step)
+                lines += step.indices + [f"# {w}" for w in plan.why(plan.mask_skip.statement, "block_spec")]
+                step.indices = []
+                lines += [f"tile_live = {live}", ""]
+                lines += def_block("_step", step.code(), "@pl.when(tile_live)") + [""]
+            else:
+                lines += p.section("step") + [""]
             last = f"{ordered}_index == pl.num_programs({index}) - 1"
             lines += def_block("_finalize", p.section("final"), f"@pl.when({last})")
         groups = [
@@ -38,7 +60,8 @@ class PallasGrid(Lowering):
         p, k = entry.plan, entry.plan.ir
         grid = [f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]
         maps = IndexMaps([f"{a}_index" for a in p.grid])
-        in_specs = [block_spec(p, op, maps) for op in p.inputs]
+        clamp = masked_tile_clamp(p)
+        in_specs = [block_spec(p, op, maps, clamp) for op in p.inputs]
         out_specs = [block_spec(p, op, maps) for op in p.outputs]
         lines = maps.lines()
         lines += [

@@ -18,6 +18,7 @@ from codegen.printer import (
     block_spec,
     def_block,
     indent,
+    masked_tile_clamp,
     tile_count,
     tuple_text,
 )
@@ -79,9 +80,14 @@ class _Pipeline(Lowering):
             checks = ["tile_valid"] if parallel_checks else []
             if plan.axes[ordered].mode == "jagged":
                 checks.append(f"({p.tile_start(step)} < {p.extent(ordered, step)})")
-                # the guard needs the ordered tile's start and extent: computed outside the step
-                body += step.indices
-                step.indices = []
+            if plan.mask_skip:
+                checks.append("tile_live")
+                live = p.live_condition(step)
+            # the guard needs the ordered tile's start and extent: computed outside the step
+            body += step.indices
+            step.indices = []
+            if plan.mask_skip:
+                body += [f"# {w}" for w in plan.why(plan.mask_skip.statement, "block_spec")] + [f"tile_live = {live}"]
             body += def_block("step", step.code()) + [""]
             body.append(f"lax.cond({' & '.join(checks)}, step, lambda: None)" if checks else "step()")
             last = f"{ordered}_index == {p.need(tile_count(ordered))} - 1"
@@ -102,7 +108,8 @@ class _Pipeline(Lowering):
                 if plan.axes[d].mode in ("full", "tiled"):
                     p.need(d)
         maps = IndexMaps([f"{a}_index" for a in plan.pipeline_grid])
-        in_specs = [block_spec(plan, op, maps) for op in piped]
+        clamp = masked_tile_clamp(plan, p)
+        in_specs = [block_spec(plan, op, maps, clamp) for op in piped]
         out_specs = [block_spec(plan, op, maps) for op in plan.outputs]
         semantics = ", ".join(
             "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid

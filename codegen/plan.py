@@ -45,7 +45,8 @@ class Operand:
     tensor: str
     ref: str  # kernel parameter name
     # "blocked": VMEM blocks via a BlockSpec; "any": left in HBM, not copied; "paged": left
-    # in HBM, its pages DMA'd by the kernel into VMEM slots.
+    # in HBM, its pages DMA'd by the kernel into VMEM slots; "rows": left in HBM, a tile's rows
+    # of a jagged axis copied by the kernel to or from one VMEM buffer.
     memory: str
     buffers: int = 2
     alias_output: int | None = None  # index into outputs, for aliased inputs
@@ -483,6 +484,10 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
         shape = [rows] + [extent(d) for d in t.dims[t.dims.index(axis) + 1:]]
         items.append((f"{op.tensor} page slots x{plan.paged_slots}", plan.paged_slots * _padded_bytes(shape, t.dtype)))
     for op in plan.inputs + plan.outputs:
+        if op.memory == "rows":
+            t = k.tensors[op.tensor]
+            shape = [extent(d) for d in plan.block_dims(t.dims)]
+            items.append((f"{op.tensor} rows buffer", _padded_bytes(shape, t.dtype)))
         if op.memory != "blocked":
             continue
         t = k.tensors[op.tensor]
@@ -546,11 +551,12 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
         if t.scalar:
             continue
         memory = unit.operand_memory(t, axes)
-        inputs.append(Operand(t.name, f"{t.name}_hbm_ref" if memory == "paged" else f"{t.name}_ref", memory))
+        inputs.append(Operand(t.name, f"{t.name}_hbm_ref" if memory in ("paged", "rows") else f"{t.name}_ref", memory))
     outputs = []
     for t in k.outputs:
+        memory = unit.output_memory(t, axes)
         ref = f"{t.name}_out_ref" if t.read else f"{t.name}_ref"
-        outputs.append(Operand(t.name, ref, "blocked"))
+        outputs.append(Operand(t.name, ref.replace("_ref", "_hbm_ref") if memory == "rows" else ref, memory))
         if t.read:
             index = next(i for i, op in enumerate(inputs) if op.tensor == t.name)
             inputs[index].alias_output = len(outputs) - 1

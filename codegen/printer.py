@@ -458,6 +458,10 @@ class KernelPrinter:
                 sec.loads.append(f"{tensor} = {tensor}_buffer[slot]")
                 sec.loaded.add(tensor)
                 return tensor
+            if op.memory == "rows":  # this tile's rows, copied in before the loop
+                sec.loads.append(f"{tensor} = {tensor}_rows[...]")
+                sec.loaded.add(tensor)
+                return tensor
             if tensor in self.plan.mask_at_load:
                 axis, fill = self.plan.mask_at_load[tensor]
                 layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
@@ -469,7 +473,8 @@ class KernelPrinter:
         return tensor
 
     def output_ref(self, tensor: str) -> str:
-        return next(op.ref for op in self.plan.outputs if op.tensor == tensor)
+        op = next(op for op in self.plan.outputs if op.tensor == tensor)
+        return f"{tensor}_rows" if op.memory == "rows" else op.ref
 
     def acc_value(self, acc: str, sec: Section) -> str:
         if acc not in sec.acc_vars:

@@ -24,9 +24,15 @@ class Named:
         """This array transposed and broadcast to `dims` (a superset of its own)."""
         if not self.dims:
             return np.asarray(self.data, dtype=np.float64)
-        own = [d for d in dims if d in self.dims]
-        data = np.transpose(self.data, [self.dims.index(d) for d in own])
-        return data.reshape([data.shape[own.index(d)] if d in self.dims else 1 for d in dims])
+        data, have = np.asarray(self.data), self.dims
+        # A segment's own size-1 axis (a jagged axis's rows belong to it without naming it).
+        extra = [i for i, d in enumerate(have) if d not in dims]
+        if extra and all(data.shape[i] == 1 for i in extra):
+            data = np.squeeze(data, axis=tuple(extra))
+            have = tuple(d for d in have if d in dims)
+        own = [d for d in dims if d in have]
+        data = np.transpose(data, [have.index(d) for d in own])
+        return data.reshape([data.shape[own.index(d)] if d in have else 1 for d in dims])
 
 
 def _round(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -51,6 +51,8 @@ def format_plan(plan: Plan) -> str:
         t = k.tensors[op.tensor]
         if op.memory == "any":
             where = "HBM (pl.ANY), not copied"
+        elif op.memory == "rows":
+            where = "HBM (pl.ANY); each tile's rows copied by the kernel into one VMEM buffer"
         elif op.memory == "paged":
             sems = "a DMA semaphore per slot" if plan.semaphore_per_slot else "one DMA semaphore for both slots"
             where = f"HBM (pl.ANY); pages DMA'd into {plan.paged_slots} VMEM slot{'s' if plan.paged_slots > 1 else ''}, {sems}"
@@ -63,6 +65,8 @@ def format_plan(plan: Plan) -> str:
     for i, op in enumerate(plan.outputs):
         t = k.tensors[op.tensor]
         where = f"VMEM block ({', '.join(_block(plan, d) for d in t.dims)}), 2 buffers"
+        if op.memory == "rows":
+            where = "HBM (pl.ANY); each tile's rows copied out by the kernel from one VMEM buffer"
         rows.append(["out", op.tensor, f"{t.dtype}[{', '.join(t.dims)}]", where, f"output {i}"])
     out += _table(["", "tensor", "type", "memory", "notes"], rows)
     out.append("")

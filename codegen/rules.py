@@ -190,7 +190,7 @@ class MaskSkip(Rule):
     seed = "JAX's flash_attention, causal=True"
     summary = (
         "a where() mask that is false for a whole tile of the ordered axis skips the tile's compute, "
-        "and the index maps clamp to the last useful block so that no DMA fetches it"
+        "and its blocks are not fetched (index maps clamp to the live blocks, or a loop stops at the last)"
     )
     shapes = "block_spec"
 
@@ -233,7 +233,7 @@ class MaskSkip(Rule):
             decisions.append(Decision(
                 self.name, st.name, True,
                 f"where({shown}, ..., {fill}) in '{st.name}': a '{ordered}' tile where it never holds adds nothing, so it "
-                f"skips its compute and its index maps clamp to the live blocks; {fraction:.0%} of the "
+                f"skips its compute and its blocks are not fetched; {fraction:.0%} of the "
                 f"({', '.join(axes)}) tiles at {masks.NOMINAL_TILES} tiles per axis",
             ))
         return decisions
@@ -264,13 +264,15 @@ def _nominal_fraction(plan, cond, axes) -> float:
     tiles, blocks, env = {}, {}, {}
     for a in axes:
         ap = plan.axes[a]
-        blocks[a] = ap.block if ap.blocked else 1 if ap.mode in ("squeezed", "segment") else (plan.ir.axes[a].max or 128)
+        if ap.mode == "paged":  # positions, not pages
+            blocks[a] = ap.block * plan.ir.axes[a].paged.page_size
+        else:
+            blocks[a] = ap.block if ap.blocked else 1 if ap.mode in ("squeezed", "segment") else (plan.ir.axes[a].max or 128)
         tiles[a] = masks.NOMINAL_TILES if ap.mode != "full" else 1
     for c in cond.comparisons:
         for (kind, name), _ in c.expr.terms:
             if kind == "extent":
-                ap = plan.axes[name]
-                env[(kind, name)] = masks.NOMINAL_TILES * (ap.block if ap.blocked else 1)
+                env[(kind, name)] = masks.NOMINAL_TILES * blocks.get(name, 1)
             elif kind == "scalar":
                 axis = next(a for a in plan.ir.axes.values() if a.jagged and a.jagged.max == name)
                 env[(kind, name)] = masks.NOMINAL_TILES * plan.axes[axis.name].block

@@ -99,10 +99,24 @@ def paged_cases(plan: Plan, seed: int = 0) -> list[Case]:
         "one full sequence": [longest],
         "all empty but one": [0, 0, 3, 0],
     }
+    # Rows of jagged axes in the same segments (queries of a ragged batch): none, more rows than
+    # positions (the first rows see nothing), 1, a block, one short of the max, the max.
+    row_patterns = {
+        "edge lengths": lambda blk: [0, 3, 1, blk, TILES * blk - 1, TILES * blk],
+        "one full sequence": lambda blk: [TILES * blk],
+        "all empty but one": lambda blk: [0, 0, 2, 0],
+    }
+    jagged = [a for a in plan.ir.axes.values() if a.jagged]
     out = []
     for i, (name, lengths) in enumerate(patterns.items()):
         sizes = {paged.segment: len(lengths), table_axis: pages, axis.name: longest, "page_size": page_size}
         sizes["num_pages"] = len(lengths) * pages + 3
+        rows, maxima = {}, {}
+        for a in jagged:
+            blk = plan.axes[a.name].block
+            rows[a.name] = row_patterns[name](blk)
+            sizes[a.name] = sum(rows[a.name])
+            maxima[a.jagged.max] = max(maxima.get(a.jagged.max, 0), TILES * blk)
         for a, ap in plan.axes.items():
             if a in sizes:
                 continue
@@ -112,7 +126,7 @@ def paged_cases(plan: Plan, seed: int = 0) -> list[Case]:
                 sizes[a] = plan.ir.axes[a].max or 128
         table = rng.permutation(sizes["num_pages"])[: len(lengths) * pages].reshape(len(lengths), pages)
         scalars = {paged.lengths: np.asarray(lengths, np.int32), paged.table: table.astype(np.int32)}
-        out.append(Case(name, sizes, scalars=scalars))
+        out.append(Case(name, sizes, rows, maxima, scalars=scalars))
     return out
 
 

@@ -76,7 +76,7 @@ def _causal_attention_kernel(
     skv_start = skv_index * block_skv
     sq_index = pl.program_id(2)
     sq_start = sq_index * block_sq
-    # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+    # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
     tile_live = sq_start + block_sq - 1 - skv_start >= 0
 
     @pl.when(tile_live)
@@ -173,9 +173,9 @@ def causal_attention(q, k, v, *, block_sq=128, block_skv=128, interpret=False):
         in_specs=[
             # invariant_load: 'q' [batch, head, sq, d] shares no axis with the 'skv' loop: one resident buffer, read in-loop, no prefetch across 'skv' steps
             pl.BlockSpec((None, None, block_sq, d), q_out_index_map, pipeline_mode=pl.Buffered(1)),
-            # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+            # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
             pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
-            # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+            # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
             pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
         ],
         # output_only: 'out' is written but never read: output only (out_shape), no input, no alias

@@ -117,7 +117,7 @@ def _hstu_kernel(
         skv_start = skv_index * block_skv
         sq_start = sq_index * block_sq
         skv_size = seq_offsets_ref[b_index + 1] - seq_offsets_ref[b_index]
-        # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+        # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
         tile_live = sq_start + block_sq - 1 - skv_start >= 0
 
         def step():
@@ -180,9 +180,9 @@ def _hstu_kernel(
             pl.BlockSpec(
                 (pl.BoundedSlice(block_sq), h, d), q_out_index_map, pipeline_mode=pl.Buffered(1)
             ),
-            # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+            # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
             pl.BlockSpec((pl.BoundedSlice(block_skv), h, d), k_v_index_map),
-            # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its index maps clamp to the live blocks; 47% of the (skv, sq) tiles at 16 tiles per axis
+            # mask_skip: where(index(sq) - index(skv) >= 0, ..., 0.0) in 'p': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
             pl.BlockSpec((pl.BoundedSlice(block_skv), h, d), k_v_index_map),
         ],
         out_specs=[

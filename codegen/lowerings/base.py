@@ -39,6 +39,10 @@ class Lowering:
         """Where an input lives: "blocked" (VMEM blocks via a BlockSpec), or "paged"."""
         return "blocked"
 
+    def output_memory(self, tensor: "ir.TensorInfo", axes: dict[str, "AxisPlan"]) -> str:
+        """Where an output is assembled: "blocked" (a BlockSpec), or "rows"."""
+        return "blocked"
+
     def block_grid(self, plan: "Plan") -> list[str]:
         """The grid axes whose indices BlockSpec index maps receive."""
         return plan.grid
@@ -121,3 +125,26 @@ def spec_lines(key: str, specs: list, indent: str, as_list: bool = True) -> list
     for spec, reasons in zip(specs, why):
         lines += [f"{indent}    # {w}" for w in reasons] + [f"{indent}    {spec},"]
     return lines + [f"{indent}],"]
+
+
+def empty_totals(entry: "Entry") -> None:
+    """Jagged axes whose segments are all empty: no kernel, or a stand-in row to point at."""
+    from codegen.printer import tuple_text
+
+    k = entry.plan.ir
+    jagged = [a for a in k.axes if k.axes[a].jagged]
+    out_axes = [a for a in jagged if all(a in t.dims for t in k.outputs)]
+    for a in out_axes:
+        empties = ", ".join(f"jnp.zeros({entry.shape(t)}, {entry.dtype(t)})" for t in k.outputs)
+        entry.lines.append(f"if {a} == 0:  # every segment is empty: nothing to compute")
+        entry.lines.append(f"    return {empties}")
+    for a in jagged:
+        if a in out_axes:
+            continue
+        padded = [t for t in k.inputs if a in t.dims and not t.offsets_of]
+        if not padded:
+            continue
+        entry.lines.append(f"if {a} == 0:  # no rows in any segment: the offsets keep every read off this stand-in row")
+        for t in padded:
+            shape = tuple_text(["1" if d == a else d for d in t.dims])
+            entry.lines.append(f"    {t.name} = jnp.zeros({shape}, {entry.dtype(t)})")

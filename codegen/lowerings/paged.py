@@ -7,13 +7,13 @@ VMEM slots, while the other slot's block is computed on (seed 003).
 
 from __future__ import annotations
 
-from codegen.lowerings.base import Lowering, call_tail, one_or_list, scratch_lines, spec_lines
+from codegen.lowerings.base import Lowering, call_tail, empty_totals, one_or_list, scratch_lines, spec_lines
 from codegen.printer import IndexMaps, KernelPrinter, KernelSource, RefGroup, Section, block_spec, def_block, indent, tuple_text
 
 
 class PagedWalk(Lowering):
     name = "paged"
-    skips_masked_tiles = False  # the paged axis is an in-kernel loop, not a grid axis
+    # the paged axis is an in-kernel loop: a mask bounds it at its last live block
 
     def applies(self, k, axes):
         return any(a.mode == "paged" for a in axes.values())
@@ -26,13 +26,20 @@ class PagedWalk(Lowering):
 
     def arrange(self, grid, axes):
         grid = [a for a in grid if axes[a].mode != "paged"]
-        grid.sort(key=lambda a: axes[a].mode != "segment")  # the segment first: empty ones are skipped in order
+        # the segment first (empty ones are skipped in order), the tiles of its jagged axes last
+        grid.sort(key=lambda a: {"segment": 0, "jagged": 2}.get(axes[a].mode, 1))
         for a in grid:
             axes[a].semantics = "arbitrary"
         return grid, []
 
     def operand_memory(self, tensor, axes):
-        return "paged" if any(axes[d].mode == "paged" for d in tensor.dims) else "blocked"
+        if any(axes[d].mode == "paged" for d in tensor.dims):
+            return "paged"
+        return self.output_memory(tensor, axes)
+
+    def output_memory(self, tensor, axes):
+        # a BlockSpec on the pallas_call grid cannot bound a jagged tile: the kernel copies its rows
+        return "rows" if any(axes[d].mode == "jagged" for d in tensor.dims) else "blocked"
 
     def index_map_tail(self):
         return ["*_"]  # the scalar-prefetch refs, unused by the maps
@@ -44,19 +51,17 @@ class PagedWalk(Lowering):
         paged = [op for op in plan.inputs if op.memory == "paged"]
         groups = [
             RefGroup("scalar prefetch (SMEM)", [(f"{t.name}_ref", t.scalar) for t in k.scalars]),
-            RefGroup(
-                "inputs",
-                [(op.ref, "HBM: its pages are DMA'd by the kernel" if op.memory == "paged" else p.block_comment(op))
-                 for op in plan.inputs],
-            ),
-            RefGroup("outputs", [(op.ref, p.block_comment(op)) for op in plan.outputs]),
+            RefGroup("inputs", [(op.ref, _ref_comment(p, op)) for op in plan.inputs]),
+            RefGroup("outputs", [(op.ref, _ref_comment(p, op)) for op in plan.outputs]),
             RefGroup(
                 "scratch",
                 p.accumulator_refs()
                 + [(f"{op.tensor}_buffer", f"VMEM slots for blocks of {op.tensor}'s pages") for op in paged]
                 + [(f"{op.tensor}_sems", f"DMA semaphores of {op.tensor}'s slots") for op in paged]
                 + ([("slot_ref", "the slot this block is in"), ("prefetched_ref", "whether this block's DMAs are already started")]
-                   if plan.paged_prefetch else []),
+                   if plan.paged_prefetch else [])
+                + [(f"{op.tensor}_rows", f"this tile's rows of {op.tensor}") for op in _rows(plan)]
+                + ([("rows_sems", "DMA semaphores of the row copies (in, out)")] if _rows(plan) else []),
             ),
         ]
         return KernelSource(f"_{k.name}_kernel", groups, p.static_args, lines, p.uses)
@@ -74,20 +79,28 @@ class PagedWalk(Lowering):
         out += [(sems, f"{op.tensor}_sems") for op in paged]
         if p.paged_prefetch:
             out += [("pltpu.SMEM((1,), jnp.int32)", "slot_ref"), ("pltpu.SMEM((1,), jnp.int32)", "prefetched_ref")]
+        for op in _rows(p):
+            t = k.tensors[op.tensor]
+            dims = [f"block_{d}" if p.axes[d].blocked else d for d in p.block_dims(t.dims)]
+            out.append((f"pltpu.VMEM({tuple_text(dims)}, {entry.dtype(t)})", f"{op.tensor}_rows"))
+        if _rows(p):
+            out.append(("pltpu.SemaphoreType.DMA((2,))", "rows_sems"))
         return out
 
     def pallas_call(self, entry, kernel_name):
         p, k = entry.plan, entry.plan.ir
         maps = IndexMaps([f"{a}_index" for a in p.grid] + self.index_map_tail())
-        in_specs = [block_spec(p, op, maps) if op.memory == "blocked" else "pl.BlockSpec(memory_space=pl.ANY)" for op in p.inputs]
-        out_specs = [block_spec(p, op, maps) for op in p.outputs]
+        hbm = "pl.BlockSpec(memory_space=pl.ANY)"
+        in_specs = [block_spec(p, op, maps) if op.memory == "blocked" else hbm for op in p.inputs]
+        out_specs = [block_spec(p, op, maps) if op.memory == "blocked" else hbm for op in p.outputs]
+        grid = [f"pl.cdiv({entry.block_bound(a)}, block_{a})" if p.axes[a].blocked else a for a in p.grid]
         lines = maps.lines()
         lines += [
             "return pl.pallas_call(",
             f"    {kernel_name},",
             "    grid_spec=pltpu.PrefetchScalarGridSpec(",
             f"        num_scalar_prefetch={len(k.scalars)},",
-            f"        grid={tuple_text(list(p.grid))},",
+            f"        grid={tuple_text(grid)},",
         ]
         lines += spec_lines("in_specs", in_specs, "        ")
         lines += spec_lines("out_specs", out_specs, "        ", as_list=len(out_specs) > 1)
@@ -97,6 +110,9 @@ class PagedWalk(Lowering):
             f"    out_shape={one_or_list(entry.out_shapes())},",
         ]
         return lines + call_tail(entry, [p.axes[a].semantics for a in p.grid])
+
+    def entry_prelude(self, entry):
+        empty_totals(entry)
 
     def signature_keywords(self, plan):
         return [
@@ -116,6 +132,41 @@ class PagedWalk(Lowering):
         return out
 
 
+def _rows(plan) -> list:
+    """Operands whose jagged rows the kernel copies itself, inputs first."""
+    return [op for op in plan.inputs + plan.outputs if op.memory == "rows"]
+
+
+def _ref_comment(p: KernelPrinter, op) -> str:
+    if op.memory == "paged":
+        return "HBM: its pages are DMA'd by the kernel"
+    if op.memory == "rows":
+        return "HBM: each tile's rows are copied by the kernel"
+    return p.block_comment(op)
+
+
+def _rows_copy(plan, op, direction: str) -> str:
+    """A DMA of this tile's rows of `op` between HBM and its VMEM buffer."""
+    t = plan.ir.tensors[op.tensor]
+    hbm, rows = [], None
+    for d in t.dims:
+        mode = plan.axes[d].mode
+        if mode == "jagged":
+            rows = f"{d}_rows"
+            hbm.append(rows)
+        elif mode in ("squeezed", "segment"):
+            hbm.append(f"{d}_index")
+        else:
+            hbm.append(":")
+    while hbm and hbm[-1] == ":":
+        hbm.pop()
+    source = f"{op.ref}.at[{', '.join(hbm)}]"
+    buffer = f"{op.tensor}_rows.at[pl.ds(0, {rows}.size)]"
+    if direction == "in":
+        return f"pltpu.make_async_copy({source}, {buffer}, rows_sems.at[0])"
+    return f"pltpu.make_async_copy({buffer}, {source}, rows_sems.at[1])"
+
+
 def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
     """A grid over segments (and heads); the paged axis walked by an in-kernel loop over blocks
     of pages, each page DMA'd from HBM into a VMEM slot."""
@@ -126,13 +177,39 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
     inner = [a for a in plan.grid if a != seg]
     p.need("pages_per_compute_block")
     p.need("page_size")
+    jagged = [a for a in plan.grid if plan.axes[a].mode == "jagged"]
     lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
     lines += [
         f"block_{t} = pages_per_compute_block * page_size",
         f"{t}_size = {paged_spec.lengths}_ref[{seg}_index]",
         f"num_{t}_blocks = pl.cdiv({t}_size, block_{t})",
-        "",
     ]
+    sec = Section("step")  # names the guard and the clamp compute, shared with the loop body
+    sec.loaded.add(f"{t}_size")
+    if jagged:
+        for a in jagged:
+            j = k.axes[a].jagged
+            start = p.block_start(a, sec)
+            size = p.extent(a, sec)
+            sec.indices.append(
+                f"{a}_rows = pl.ds({j.offsets}_ref[{seg}_index] + {start}, "
+                f"jnp.minimum({p.need('block_' + a)}, {size} - {start}))"
+            )
+        valid = " & ".join(f"({a}_start < {a}_size)" for a in jagged)
+        lines += sec.indices
+        sec.indices = []
+        lines += [
+            f"tile_valid = {valid}  # a tile past its segment's end does no work",
+            f"num_{t}_blocks = jnp.where(tile_valid, num_{t}_blocks, 0)",
+        ]
+    if plan.mask_skip:
+        last = _masked_last_block(plan, p, sec)
+        lines += sec.indices
+        sec.indices = []
+        lines += [f"# {w}" for w in plan.why(plan.mask_skip.statement, "block_spec")]
+        # at least one block, so that a block prefetched for this step is always waited for
+        lines.append(f"num_{t}_blocks = jnp.minimum(num_{t}_blocks, jnp.maximum({last} + 1, 1))")
+    lines.append("")
 
     def sem(op, slot: str) -> str:
         per_slot = plan.paged_prefetch and plan.semaphore_per_slot
@@ -186,7 +263,7 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
             "",
             f"    def advance_{seg}():",
             f"        {seg}_at = lax.while_loop(",
-            f"            lambda s: (s < {seg}) & ({paged_spec.lengths}_ref[jnp.minimum(s, {seg} - 1)] == 0), lambda s: s + 1, {seg}_index + 1",
+            f"            lambda s: (s < {seg}) & {_empty(plan, 's')}, lambda s: s + 1, {seg}_index + 1",
             "        )",
             f"        return ({seg}_at, {', '.join(['0'] * len(inner) + ['0'])})",
             "",
@@ -195,9 +272,12 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         for i, a in enumerate(inner):
             after = ["0"] * (len(inner) - i - 1)
             nxt = here[: i + 1] + [f"{a}_index + 1"] + after + ["0"]
+            bound = a
+            if plan.axes[a].mode == "jagged":  # this segment's tiles
+                bound = f"pl.cdiv({p.segment_extent(a)}, block_{a})"
             lines += [
                 f"    def advance_{a}():",
-                f"        return lax.cond({a}_index + 1 < {a}, lambda: ({', '.join(nxt)}), {previous})",
+                f"        return lax.cond({a}_index + 1 < {bound}, lambda: ({', '.join(nxt)}), {previous})",
                 "",
             ]
             previous = f"advance_{a}"
@@ -213,9 +293,15 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
             "",
         ]
     lines += p.init_lines() + [""]
+    if jagged:
+        lines += [
+            "@pl.when(tile_valid)",
+            "def _copy_rows_in():",
+        ]
+        lines += [f"    copy = {_rows_copy(plan, op, 'in')}" for op in plan.inputs if op.memory == "rows"]
+        lines += ["    copy.start()", "    copy.wait()", ""] if any(op.memory == "rows" for op in plan.inputs) else ["    pass", ""]
 
-    step = Section("step")
-    step.loaded.add(f"{t}_size")
+    step = sec
     for st in k.statements:
         if st.phase == "step":
             p.statement(st, step)
@@ -247,5 +333,49 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
     lines += [f"def step({t}_index, carry):"] + indent(body) + [""]
     lines += [f"lax.fori_loop(0, num_{t}_blocks, step, 0)"]
     lines += p.section("final")
+    outs = [op for op in plan.outputs if op.memory == "rows"]
+    if outs:
+        lines += ["", "@pl.when(tile_valid)", "def _copy_rows_out():"]
+        for op in outs:
+            lines += [f"    copy = {_rows_copy(plan, op, 'out')}", "    copy.start()", "    copy.wait()"]
     p.uses.add("lax")
     return lines
+
+
+def _empty(plan, s: str) -> str:
+    """Code that is true when segment `s` has nothing to do: no positions, or no rows."""
+    k = plan.ir
+    t = k.ordered_axis
+    lengths = k.axes[t].paged.lengths
+    seg = k.axes[t].paged.segment
+    at = f"jnp.minimum({s}, {seg} - 1)"
+    tests = [f"({lengths}_ref[{at}] == 0)"]
+    for a in plan.grid:
+        if plan.axes[a].mode == "jagged":
+            o = k.axes[a].jagged.offsets
+            tests.append(f"({o}_ref[{at} + 1] == {o}_ref[{at}])")
+    return tests[0] if len(tests) == 1 else "(" + " | ".join(tests) + ")"
+
+
+def _masked_last_block(plan, p: KernelPrinter, sec: Section) -> str:
+    """The last block of the paged loop where the mask can hold, as code."""
+    from codegen import masks
+
+    skip = plan.mask_skip
+    bounds = {}
+    for a in skip.axes:
+        if a == skip.axis:
+            continue
+        mode = plan.axes[a].mode
+        if mode in ("squeezed", "segment"):
+            bounds[a] = (f"{a}_index", f"{a}_index")
+        elif mode == "full":
+            bounds[a] = ("0", f"{p.need(a)} - 1")
+        else:
+            start = p.block_start(a, sec)
+            bounds[a] = (start, f"{start} + {p.need('block_' + a)} - 1")
+    _, lasts = masks.clamp_range(skip.condition, skip.axis, f"block_{skip.axis}", bounds, lambda term: p.mask_value(term, sec))
+    text = f"num_{skip.axis}_blocks - 1"
+    for last in lasts:
+        text = f"jnp.minimum({text}, {last})"
+    return text

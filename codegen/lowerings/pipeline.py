@@ -8,7 +8,7 @@ and refills at every segment.
 
 from __future__ import annotations
 
-from codegen.lowerings.base import Lowering, call_tail, one_or_list, scratch_lines, spec_lines
+from codegen.lowerings.base import Lowering, call_tail, empty_totals, one_or_list, scratch_lines, spec_lines
 from codegen.printer import (
     IndexMaps,
     KernelPrinter,
@@ -142,23 +142,7 @@ class _Pipeline(Lowering):
 
     # -- the entry point
     def entry_prelude(self, entry):
-        k = entry.plan.ir
-        jagged = [a for a in k.axes if k.axes[a].jagged]
-        out_axes = [a for a in jagged if all(a in t.dims for t in k.outputs)]
-        for a in out_axes:
-            empties = ", ".join(f"jnp.zeros({entry.shape(t)}, {entry.dtype(t)})" for t in k.outputs)
-            entry.lines.append(f"if {a} == 0:  # every segment is empty: nothing to compute")
-            entry.lines.append(f"    return {empties}")
-        for a in jagged:
-            if a in out_axes:
-                continue
-            padded = [t for t in k.inputs if a in t.dims and not t.offsets_of]
-            if not padded:
-                continue
-            entry.lines.append(f"if {a} == 0:  # no rows in any segment: the offsets keep every read off this stand-in row")
-            for t in padded:
-                shape = tuple_text(["1" if d == a else d for d in t.dims])
-                entry.lines.append(f"    {t.name} = jnp.zeros({shape}, {entry.dtype(t)})")
+        empty_totals(entry)
         for a in entry.blocked_axes():
             entry.lines.append(f"num_{a}_tiles = pl.cdiv({entry.block_bound(a)}, block_{a})")
 

@@ -202,12 +202,17 @@ def _align(a: Layout | None, b: Layout | None, order: tuple[str, ...] = ()) -> L
 def expansion(have: Layout, want: Layout) -> tuple[int, ...]:
     """Positions of `want` that an operand laid out as `have` lacks (it is broadcast there).
 
-    `have` lines up by name with a subsequence of `want`; returns () when it needs no
-    new dims (a scalar, or the same rank)."""
+    `have` lines up by name with a subsequence of `want`, a kept size-1 slot whose axis
+    `want` does not hold taking the next position; returns () when it needs no new dims
+    (a scalar, or the same rank)."""
     if not have or len(have) == len(want):
         return ()
-    names = [x for x, _ in have]
-    return tuple(i for i, (x, _) in enumerate(want) if x not in names)
+    names = [x for x, _ in want]
+    taken, at = [], -1
+    for x, one in have:
+        at = names.index(x, at + 1) if x in names[at + 1:] else at + 1
+        taken.append(at)
+    return tuple(i for i in range(len(want)) if i not in taken)
 
 
 def format_layout(layout: Layout | None) -> str:

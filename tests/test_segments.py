@@ -91,3 +91,16 @@ def test_lowers_for_tpu(name):
     lengths = [0, 1, 512, 511]
     case = Case("t", {"t": sum(lengths), "b": len(lengths), "d": 1024}, {"t": lengths}, {"max_seq_len": 512})
     assert "tpu_custom_call" in lower_for_tpu(module, plan, case)
+
+
+def test_extent_means_the_same_in_the_reference():
+    """extent(t) is each segment's own row count in the reference too, as in the kernel."""
+    from codegen.build import plan_spec
+    from codegen.reference import reference
+
+    plan = plan_spec(SPECS / "segment_mean.yaml")[1]
+    lengths = EDGE_CASES["mixed"]
+    x, o = inputs(lengths, seed=2)
+    sizes = {"t": int(o[-1]), "b": len(lengths), "d": D, "max_seq_len": MAX}
+    got = reference(plan.ir, {"x": x, "offsets": o}, sizes)["out"]
+    close(got, segment_sums(x, o) / np.maximum(np.diff(o), 1)[:, None])

@@ -293,7 +293,7 @@ def test_causal_attention_by_position(tmp_path, nan_interpret):
 def test_index_of_a_jagged_axis_counts_from_each_segments_start(tmp_path, nan_interpret):
     text = SELF_ATTENTION.replace("dot(silu(s) / max_seq_len, v, over=skv)",
                                   "dot(where(index(skv) <= index(sq), silu(s), 0) / max_seq_len, v, over=skv)")
-    _, module = build(tmp_path, text)
+    built, module = build(tmp_path, text)
     lengths, longest = [0, 1, 8, 9, 23, 24, 7], 24
     o = offsets(lengths)
     q, k, v = (normal(int(o[-1]), 16) for _ in range(3))
@@ -305,6 +305,9 @@ def test_index_of_a_jagged_axis_counts_from_each_segments_start(tmp_path, nan_in
         p = np.tril(s / (1 + np.exp(-s))) / longest
         want[rows] = p @ v[rows]
     close(out, want, tol=2e-4)
+    sizes = {"b": 4, "sq": 1000, "skv": 1000, "d": 128}
+    case = Case("t", sizes, {"sq": [0, 1, 512, 487], "skv": [0, 1, 512, 487]}, {"max_seq_len": 512})
+    assert "tpu_custom_call" in lower_for_tpu(module, built.plan, case)
 
 
 def test_index_of_a_squeezed_axis_is_its_grid_index(tmp_path, nan_interpret):
@@ -333,7 +336,9 @@ def test_index_of_a_paged_axis_is_the_position_in_the_sequence(tmp_path, nan_int
     text = (SPECS / "paged_attention.yaml").read_text().replace(
         "  s: dot(q, k_pages, over=d)", "  s: where(index(t) < 20, dot(q, k_pages, over=d), -inf)"
     )
-    _, module = build(tmp_path, text)
+    built, module = build(tmp_path, text)
+    sizes = {"b": 8, "kvh": 8, "g": 4, "d": 128, "pages": 64, "num_pages": 1024, "page_size": 16, "t": 1024}
+    assert "tpu_custom_call" in lower_for_tpu(module, built.plan, Case("t", sizes))
     rng = np.random.default_rng(3)
     lengths, page, pages, kvh, groups, d = [0, 1, 16, 17, 65, 128], 16, 8, 1, 2, 128
     total = len(lengths) * pages + 2

@@ -57,6 +57,9 @@ def jagged_cases(plan: Plan) -> list[Case]:
             blk = plan.axes[a.name].block
             ext = pattern(blk)
             ext = ext[i % len(ext):] + ext[: i % len(ext)]  # a second jagged axis sees other extents
+            same_offsets = [b.name for b in jagged[:i] if b.jagged.offsets == a.jagged.offsets]
+            if same_offsets:  # ... unless it shares the first one's offsets
+                ext = lengths[same_offsets[0]]
             lengths[a.name], sizes[a.name], maxima[a.jagged.max] = ext, sum(ext), 2 * blk
             sizes[a.jagged.segment] = len(ext)
         for axis, ap in plan.axes.items():

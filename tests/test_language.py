@@ -413,3 +413,14 @@ def test_a_segments_extent_in_a_float_function(tmp_path, nan_interpret):
     x = normal(int(o[-1]), 128)
     got = module.k(x, o, max_seq_len=24, interpret=nan_interpret)
     close(got, x / np.sqrt(np.repeat(lengths, lengths))[:, None])
+
+
+@pytest.mark.parametrize("clash", ["params:\n  max_seq_len: 2.0\n", "compute-name"])
+def test_a_max_keyword_that_also_names_something_else_is_a_spec_error(tmp_path, capsys, clash):
+    if clash == "compute-name":
+        text = SELF_ATTENTION.replace("  s: dot(q, k, over=d)", "  max_seq_len: dot(q, k, over=d) * 0").replace(
+            "silu(s)", "silu(max_seq_len)")
+    else:
+        text = SELF_ATTENTION.replace("axes:\n", clash + "axes:\n")
+    err = spec_error(tmp_path, capsys, text)
+    assert "jagged max 'max_seq_len' also names a" in err

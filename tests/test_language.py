@@ -424,3 +424,18 @@ def test_a_max_keyword_that_also_names_something_else_is_a_spec_error(tmp_path, 
         text = SELF_ATTENTION.replace("axes:\n", clash + "axes:\n")
     err = spec_error(tmp_path, capsys, text)
     assert "jagged max 'max_seq_len' also names a" in err
+
+
+def test_attention_with_a_bias_over_the_key_axis(tmp_path, nan_interpret):
+    text = (SPECS / "attention.yaml").read_text()
+    text = text.replace("  out: {dims: [batch, head, sq, d], dtype: float32}",
+                        "  bias: {dims: [skv], dtype: float32}\n  out: {dims: [batch, head, sq, d], dtype: float32}")
+    text = text.replace("  s: dot(q, k, over=d) * rsqrt(extent(d))", "  s: dot(q, k, over=d) * rsqrt(extent(d)) + bias")
+    built, module = build(tmp_path, text)
+    assert "bias[None, :]" in built.source
+    q, k, v = normal(2, 1, 3 * 64 + 1, 32), normal(2, 1, 3 * 128 + 9, 32), normal(2, 1, 3 * 128 + 9, 32)
+    bias = normal(3 * 128 + 9) * 2
+    out = module.attention(q, k, v, bias, block_sq=64, block_skv=128, interpret=nan_interpret)
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) / np.sqrt(32) + bias
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    close(out, np.einsum("bhqk,bhkd->bhqd", p / p.sum(axis=-1, keepdims=True), v))

@@ -399,6 +399,17 @@ def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
     for t in k.tensors.values():
         if t.scalar:
             continue
+        if len(t.dims) == 1 and axes[t.dims[0]].mode == "tiled":
+            # Mosaic's rule for rank-1 blocks: a multiple of a whole (8, 128) vreg of
+            # elements, or a power of two of at least one packed row of lanes.
+            block, row = axes[t.dims[0]].block, LANES * (4 // ITEMSIZE[t.dtype])
+            if block % (8 * LANES) and not (block >= row and block & (block - 1) == 0):
+                raise SpecError(
+                    f"block {block} of axis '{t.dims[0]}' breaks TPU tiling for '{t.name}', a rank-1 "
+                    f"{t.dtype} block: it must be a power of two of at least {row}, or a multiple of {8 * LANES}",
+                    k.axes[t.dims[0]].block_loc,
+                    f"use e.g. {max(row, 256)}",
+                )
         tail = t.dims[-2:]
         for pos, d in enumerate(tail):
             a = axes[d]

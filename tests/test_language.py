@@ -439,3 +439,11 @@ def test_attention_with_a_bias_over_the_key_axis(tmp_path, nan_interpret):
     s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) / np.sqrt(32) + bias
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     close(out, np.einsum("bhqk,bhkd->bhqd", p / p.sum(axis=-1, keepdims=True), v))
+
+
+def test_a_rank_one_block_follows_the_tpu_rule_for_rank_one_blocks(tmp_path, capsys):
+    text = BROADCAST.replace("n: {block: 128}", "n: {block: 384}")
+    err = spec_error(tmp_path, capsys, text)
+    assert "block 384 of axis 'n' breaks TPU tiling for 'col', a rank-1 float32 block" in err
+    assert "k.yaml:4:" in err
+    build(tmp_path, BROADCAST.replace("n: {block: 128}", "n: {block: 2048}"))  # a multiple of 1024: fine

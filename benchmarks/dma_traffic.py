@@ -26,7 +26,7 @@ from jax.experimental.pallas import tpu as pltpu  # noqa: E402
 
 from codegen.build import build_source  # noqa: E402
 from codegen.chips import ITEMSIZE  # noqa: E402
-from codegen.verify import cases, load_module, random_inputs, run_generated  # noqa: E402
+from codegen.verify import Case, cases, load_module, random_inputs, run_generated  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -121,10 +121,34 @@ def minimum_bytes(plan, case, inputs) -> tuple[int, int]:
     return read, written
 
 
-def measure(name: str):
+def grouped_gemm_cases(plan) -> list[Case]:
+    """Balanced groups (one row tile each, N in one block: the minimum is reachable) and
+    skewed ones (one group of 8 tiles, the rest nearly empty: the grid is sized by the max)."""
+    block_t, block_n, block_k = (plan.axes[a].block for a in ("t", "n", "k"))
+    out = []
+    for label, lengths in (("balanced groups", [block_t] * 8), ("skewed groups", [8 * block_t] + [1] * 7)):
+        sizes = {"g": len(lengths), "t": sum(lengths), "n": block_n, "k": 3 * block_k}
+        out.append(Case(label, sizes, {"t": lengths}, {"max_group_size": max(lengths)}))
+    return out
+
+
+def long_sequence_cases(plan) -> list[Case]:
+    """One head at S = 2048: where causal attention's skipped blocks show against full attention."""
+    return [Case("S=2048, 1 head", {"batch": 1, "head": 1, "sq": 2048, "skv": 2048, "d": 128})]
+
+
+# Cases a kernel is measured at beyond the first `codegen verify` case.
+EXTRA_CASES = {
+    "grouped_gemm": grouped_gemm_cases,
+    "attention": long_sequence_cases,
+    "causal_attention": long_sequence_cases,
+}
+
+
+def measure(name: str, pick=lambda plan: cases(plan)[0]):
     built = build_source(ROOT / "specs" / f"{name}.yaml")
     plan = built.plan
-    case = cases(plan)[0]
+    case = pick(plan)
     inputs = random_inputs(plan, case, np.random.default_rng(0))
     module = load_module(built.source, name)
     with counting_traffic() as traffic:
@@ -162,6 +186,10 @@ def main() -> None:
     for name in names:
         plan, case, inputs, traffic = measure(name)
         print(row(name, traffic, minimum_bytes(plan, case, inputs), case.name))
+        extra = EXTRA_CASES.get(name)
+        for i in range(len(extra(plan)) if extra else 0):
+            plan, case, inputs, traffic = measure(name, lambda plan, i=i: extra(plan)[i])
+            print(row(name, traffic, minimum_bytes(plan, case, inputs), case.name))
         if name == "paged_attention":
             block = plan.axes[plan.ir.ordered_axis].block
             jax_traffic = measure_jax_paged_attention(inputs, block)

@@ -201,6 +201,9 @@ class KernelIR:
     statements: list[Statement]
     ordered_axis: str | None
     reduced_axes: set[str] = field(default_factory=set)
+    # Tiled axes held whole in each block, because a reduction over one is used elementwise
+    # against it (a softmax over a segment's rows): see `_axes_used_against_their_reductions`.
+    whole_axes: set[str] = field(default_factory=set)
     flops: dict[tuple[str, ...], int] = field(default_factory=dict)
     transcendentals: dict[tuple[str, ...], int] = field(default_factory=dict)
 
@@ -268,8 +271,10 @@ def _union(*dim_lists: tuple[str, ...]) -> tuple[str, ...]:
 # --- lowering -----------------------------------------------------------------
 
 class _Lowering:
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, whole: frozenset[str] = frozenset(), probe: bool = False):
         self.spec = spec
+        self.whole = whole  # tiled axes kept whole in each block: reductions over them stay in-block
+        self.probe = probe  # a first pass that only finds `whole`: no accumulators, no checks
         self.env: dict[str, Value] = {}
         self.defined_at: dict[str, Location] = {}
         self.used: set[str] = set()
@@ -530,7 +535,7 @@ class _Lowering:
     def maybe_accumulate(self, v: Reduce | Dot, kind: str, statement: str, writes_tensor: bool) -> Value:
         """A reduction over a tiled axis that feeds an output becomes an accumulator."""
         axis = v.axis
-        if not self.tiled(axis):
+        if not self.tiled(axis) or axis in self.whole or self.probe:
             return v
         explicitly_ordered = any(a.over == axis for a in self.accumulators.values() if a.synthesized_from is None)
         if not writes_tensor:
@@ -556,7 +561,7 @@ class _Lowering:
         return AccRead(v.dims, dtype, v.loc, name, True)
 
     # -- statements
-    def run(self) -> KernelIR:
+    def lower_statements(self) -> None:
         spec = self.spec
         for st in spec.compute:
             parsed = ast.parse_expression(st.text, st.text_loc)
@@ -590,6 +595,10 @@ class _Lowering:
                 self.statements.append(Statement(st.name, value, "value", "step", st.loc))
                 self.env[st.name] = ValueRef(value.dims, value.dtype, st.loc, st.name)
                 self.defined_at[st.name] = st.loc
+
+    def run(self) -> KernelIR:
+        spec = self.spec
+        self.lower_statements()
 
         for name, loc in self.defined_at.items():
             if name not in self.used and name not in self.accumulators:
@@ -633,6 +642,7 @@ class _Lowering:
             statements=statements,
             ordered_axis=ordered,
             reduced_axes=self.reduced,
+            whole_axes=set(self.whole),
             flops=self.flops,
             transcendentals=self.transcendentals,
         )
@@ -701,6 +711,35 @@ def _scalar_role(spec: Spec, tensor: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _axes_used_against_their_reductions(statements: list[Statement], spec: Spec) -> frozenset[str]:
+    """Tiled axes X such that a reduction over X meets X again, as in `e / sum(e, over=X)`.
+
+    Such a reduction cannot be a running accumulator: every element along X needs its
+    final value. Axes that declared accumulators are carried across are left out: their
+    reductions are per-tile partial results by the author's design (online softmax).
+    """
+    declared = {a.over for a in spec.accumulators.values()}
+    hidden_by_statement: dict[str, set[str]] = {}
+    found: set[str] = set()
+
+    def hidden(v: Value) -> set[str]:
+        """Axes reduced somewhere inside `v` that `v` no longer varies over."""
+        if isinstance(v, ValueRef):
+            return hidden_by_statement.get(v.name, set())
+        inner = set().union(*(hidden(c) for c in children(v))) if children(v) else set()
+        if isinstance(v, (Reduce, Dot)):
+            inner.add(v.axis)
+        for c in children(v):
+            found.update(x for x in hidden(c) if x in v.dims)
+        return {x for x in inner if x not in v.dims}
+
+    for st in statements:
+        hidden_by_statement[st.name] = hidden(st.value)
+        if st.target == "tensor" and st.name in spec.tensors:
+            found.update(x for x in hidden_by_statement[st.name] if x in spec.tensors[st.name].axes)
+    return frozenset(x for x in found if spec.axes[x].block is not None and x not in declared)
+
+
 def runtime_scalars(spec: Spec) -> list[str]:
     """Entry keywords that expressions may read as numbers: each jagged axis's `max`, once
     (two jagged axes naming the same `max` share one keyword)."""
@@ -708,4 +747,7 @@ def runtime_scalars(spec: Spec) -> list[str]:
 
 
 def lower(spec: Spec) -> KernelIR:
-    return _Lowering(spec).run()
+    probe = _Lowering(spec, probe=True)
+    probe.lower_statements()
+    whole = _axes_used_against_their_reductions(probe.statements, spec)
+    return _Lowering(spec, whole).run()

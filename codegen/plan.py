@@ -29,6 +29,7 @@ class AxisPlan:
     block: int | None  # default block size for tiled and jagged axes
     alignment: int  # a block of this axis must be a multiple of this (or the full extent)
     reason: str
+    whole: bool = False  # a jagged axis whose segments each fit in one tile: reduced in-block
 
     @property
     def blocked(self) -> bool:
@@ -75,10 +76,7 @@ class Plan:
     inputs: list[Operand]
     outputs: list[Operand]
     rules_enabled: dict[str, bool]
-    # "pallas_grid": BlockSpecs on the pallas_call grid. For kernels with jagged axes,
-    # "outer_pipeline": one emit_pipeline over every grid axis; "grid": a pallas_call grid
-    # over segments, each running an emit_pipeline over its tiles.
-    lowering: str = "pallas_grid"  # or "outer_pipeline", "grid", "paged"
+    lowering: str = "pallas_grid"  # a name in codegen.lowerings.LOWERINGS
     lowering_reason: str = ""
     pipeline_grid: list[str] = field(default_factory=list)
     # Loads masked where they are loaded (tensor -> (axis, fill)); other masks sit at the
@@ -90,11 +88,13 @@ class Plan:
     paged_prefetch: bool = True
     semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
+    mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
     accumulator_layouts: dict[str, Layout] = field(default_factory=dict)
     vmem: VmemEstimate | None = None
     vmem_limit: int | None = None
+    vmem_reason: str = ""
 
     # -- used by rules
     def donate_output(self, tensor: str) -> None:
@@ -109,15 +109,24 @@ class Plan:
         return tuple(d for d in dims if self.axes[d].mode not in ("squeezed", "segment"))
 
     @property
+    def unit(self):
+        """The lowering unit that prints this plan."""
+        from codegen.lowerings import LOWERINGS
+
+        return LOWERINGS[self.lowering]
+
+    @property
     def block_grid(self) -> list[str]:
         """The grid whose indices BlockSpecs see: the pipeline's, or the pallas_call's."""
-        return self.pipeline_grid if self.lowering in ("outer_pipeline", "grid") else self.grid
+        return self.unit.block_grid(self)
 
     @property
     def ragged_axes(self) -> set[str]:
-        """Axes whose last block can overhang what a reduction may see: the ordered axis."""
+        """Axes whose last block can overhang what a reduction may see: the ordered axis, and
+        jagged axes kept whole (their one tile is a bound on the segment, not its extent)."""
         o = self.ir.ordered_axis
-        return {o} if o is not None and self.axes[o].mode in ("tiled", "jagged", "paged") else set()
+        out = {o} if o is not None and self.axes[o].mode in ("tiled", "jagged", "paged") else set()
+        return out | {a for a, ap in self.axes.items() if ap.whole}
 
     @property
     def aliases(self) -> dict[int, int]:
@@ -141,6 +150,15 @@ class Plan:
             return ""
         per = " x ".join(follows) if follows else "call"
         return f"fetched once per {per}, reused across {', '.join(inner)} steps"
+
+    def why(self, subject: str, shapes: str) -> list[str]:
+        """One-line comments for the `shapes` code that fired rules shaped: `rule: reason`."""
+        kinds = {r.name: r.shapes for r in RULES}
+        return [
+            f"{d.rule}: {d.reason}"
+            for d in self.decisions
+            if d.applied and d.subject == subject and kinds[d.rule] == shapes
+        ]
 
     def grid_position(self, axis: str) -> int:
         return self.grid.index(axis)
@@ -367,6 +385,20 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
             )
         elif name not in used:
             plans[name] = AxisPlan(name, "full", None, None, 1, "only in scalar-prefetched tensors")
+        elif axis.jagged and name in k.whole_axes:
+            plans[name] = AxisPlan(
+                name, "jagged", "parallel", axis.block, align,
+                f"kept whole: a reduction over '{name}' is used elementwise against it, so each segment of "
+                f"'{axis.jagged.segment}' is one tile of up to block_{name} rows (a {axis.jagged.max} above "
+                "it is an error at call time), and reductions mask the rows past the segment's end",
+                whole=True,
+            )
+        elif name in k.whole_axes:
+            plans[name] = AxisPlan(
+                name, "full", None, None, 1,
+                f"kept whole: a reduction over '{name}' is used elementwise against it, so the whole extent "
+                "sits in each block and the block given is not used",
+            )
         elif axis.jagged:
             ordered = name == k.ordered_axis
             plans[name] = AxisPlan(
@@ -489,29 +521,21 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
 
 
 def _choose_lowering(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> tuple[str, str]:
+    """The first lowering in the table that applies, or the one the spec names."""
+    from codegen.lowerings import LOWERINGS
+
     spec = k.spec
-    jagged = [a for a in axes.values() if a.mode == "jagged"]
-    if any(a.mode == "paged" for a in axes.values()):
-        if spec.lowering is not None:
-            raise SpecError("lowering applies only to kernels with jagged axes", spec.lowering_loc)
-        return "paged", (
-            "paged: the paged axis is walked inside each grid step, its pages DMA'd from HBM by the "
-            "kernel; grid steps run in order ('arbitrary') because a step starts the next step's DMAs"
+    applicable = [name for name, unit in LOWERINGS.items() if unit.applies(k, axes)]
+    if spec.lowering is None:
+        return applicable[0], LOWERINGS[applicable[0]].reason("the default")
+    if spec.lowering not in applicable or not LOWERINGS[spec.lowering].choosable:
+        choosable = [name for name in applicable if LOWERINGS[name].choosable]
+        raise SpecError(
+            f"lowering '{spec.lowering}' does not apply to this kernel",
+            spec.lowering_loc,
+            f"it may choose: {', '.join(choosable)}" if choosable else "this kernel has one lowering: remove the key",
         )
-    if not jagged:
-        if spec.lowering is not None:
-            raise SpecError("lowering applies only to kernels with jagged axes", spec.lowering_loc)
-        return "pallas_grid", "no jagged axis: BlockSpecs on the pallas_call grid"
-    if spec.lowering == "grid":
-        return "grid", (
-            "grid (from the spec): a pallas_call grid over segments, each running its own "
-            "emit_pipeline, which drains and refills its DMAs at every segment"
-        )
-    origin = "from the spec" if spec.lowering else "the default"
-    return "outer_pipeline", (
-        f"outer_pipeline ({origin}): segments and tiles folded into one emit_pipeline, so the "
-        "next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)"
-    )
+    return spec.lowering, LOWERINGS[spec.lowering].reason("from the spec")
 
 
 def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
@@ -528,23 +552,17 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     grid = [a for a in k.axes if axes[a].in_grid and a != k.ordered_axis]
     if k.ordered_axis:
         grid.append(k.ordered_axis)
-    lowering, reason = _choose_lowering(k, axes)
-    pipeline_grid: list[str] = []
-    if lowering == "paged":
-        grid = [a for a in grid if axes[a].mode != "paged"]
-        grid.sort(key=lambda a: axes[a].mode != "segment")  # the segment first: empty ones are skipped in order
-        for a in grid:
-            axes[a].semantics = "arbitrary"
-    elif lowering != "pallas_grid":
-        pipeline_grid = grid
-        grid = [a for a in grid if axes[a].mode == "segment"] if lowering == "grid" else []
-        pipeline_grid = [a for a in pipeline_grid if a not in grid]
+    from codegen.lowerings import LOWERINGS
 
-    inputs = [
-        Operand(t.name, f"{t.name}_hbm_ref", "paged") if any(axes[d].mode == "paged" for d in t.dims)
-        else Operand(t.name, f"{t.name}_ref", "blocked")
-        for t in k.inputs if not t.scalar
-    ]
+    lowering, reason = _choose_lowering(k, axes)
+    unit = LOWERINGS[lowering]
+    grid, pipeline_grid = unit.arrange(grid, axes)
+    inputs = []
+    for t in k.inputs:
+        if t.scalar:
+            continue
+        memory = unit.operand_memory(t, axes)
+        inputs.append(Operand(t.name, f"{t.name}_hbm_ref" if memory == "paged" else f"{t.name}_ref", memory))
     outputs = []
     for t in k.outputs:
         ref = f"{t.name}_out_ref" if t.read else f"{t.name}_ref"
@@ -609,4 +627,8 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
         )
     if total > plan.chip.scoped_vmem_default:
         plan.vmem_limit = min(plan.chip.vmem_bytes, -(-int(total * 1.25) // MiB) * MiB)
+        plan.vmem_reason = (
+            f"the plan needs {total / MiB:.1f} MiB of VMEM, over {plan.chip.name}'s "
+            f"{plan.chip.scoped_vmem_default // MiB} MiB scoped default: raise the limit, with a quarter to spare"
+        )
     return plan

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from codegen import ir
+from codegen import ir, masks
 from codegen.plan import Layout, Operand, Plan, dot_batch, dot_permutation, expansion
 
 JNP_DTYPE = {d: f"jnp.{d}" for d in ("float32", "bfloat16", "float16", "int32", "int16", "int8")}
@@ -41,7 +41,7 @@ def param_constant(name: str) -> str:
     return name.upper()
 
 
-def _tuple(items) -> str:
+def tuple_text(items) -> str:
     items = [str(i) for i in items]
     if not items:
         return "()"
@@ -54,8 +54,102 @@ def tile_count(axis: str) -> str:
     return f"num_{axis}_tiles"
 
 
-def block_spec(plan: Plan, op: Operand) -> str:
-    """The BlockSpec of one operand, for the pallas_call or for the inner pipeline."""
+class IndexMaps:
+    """Index maps as named functions, each distinct one emitted once and shared by the
+    operands whose blocks move the same way (flash_attention's `kv_index_map`)."""
+
+    def __init__(self, params: list[str]):
+        self.params = params
+        self.maps: dict[str, list[str]] = {}  # returned tuple -> tensors using it
+        self.helpers: set[str] = set()  # module helpers the maps call
+
+    def add(self, tensor: str, returned: str) -> str:
+        self.maps.setdefault(returned, []).append(tensor)
+        return returned
+
+    def name(self, returned: str) -> str:
+        """Named after the operands sharing it; the first operand's name keeps it unique."""
+        name = "_".join(self.maps[returned]) + "_index_map"
+        taken = ["_".join(t) + "_index_map" for r, t in self.maps.items() if r != returned]
+        return name if name not in taken else f"{self.maps[returned][0]}_index_map"
+
+    def lines(self) -> list[str]:
+        out = []
+        for returned in self.maps:
+            out += [f"def {self.name(returned)}({', '.join(self.params)}):", f"    return {returned}", ""]
+        return out
+
+
+class _MapRef:
+    """A BlockSpec's index map, named once every operand is known."""
+
+    def __init__(self, maps: IndexMaps, returned: str):
+        self.maps, self.returned = maps, returned
+
+    def __str__(self) -> str:
+        return self.maps.name(self.returned)
+
+
+class _Spec:
+    def __init__(self, shape: str, index_map: _MapRef, extra: str, why: list[str]):
+        self.shape, self.index_map, self.extra, self.why = shape, index_map, extra, why
+
+    def __str__(self) -> str:
+        return f"pl.BlockSpec({self.shape}, {self.index_map}{self.extra})"
+
+
+def extent_text(plan: Plan, axis: str, printer=None) -> str:
+    """An axis's extent where index maps run: static for a dense axis, from the offsets for
+    a jagged one (the offsets ref is in scope there)."""
+    j = plan.ir.axes[axis].jagged
+    if j is None:
+        return printer.need(axis) if printer else axis
+    return f"({j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index])"
+
+
+def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
+    """The ordered axis's block index in an index map, clamped to the tiles `mask_skip`
+    leaves live, so that a skipped tile repeats a live block and the pipeline fetches
+    nothing for it. `printer` marks the names used as kernel arguments (when the maps are
+    printed inside the kernel)."""
+    skip = plan.mask_skip
+    if skip is None:
+        return None
+    need = printer.need if printer else (lambda name: name)
+    bounds = {}
+    for a in skip.axes:
+        if a == skip.axis:
+            continue
+        mode = plan.axes[a].mode
+        if mode in ("squeezed", "segment"):
+            bounds[a] = (f"{a}_index", f"{a}_index")
+        elif mode == "full":
+            bounds[a] = ("0", f"{need(a)} - 1")
+        else:
+            block = need(f"block_{a}")
+            bounds[a] = (f"{a}_index * {block}", f"{a}_index * {block} + {block} - 1")
+
+    def value(term):
+        kind, name = term
+        if kind == "extent":
+            return extent_text(plan, name, printer)
+        return need(name) if kind == "scalar" else param_constant(name)
+
+    firsts, lasts = masks.clamp_range(skip.condition, skip.axis, need(f"block_{skip.axis}"), bounds, value)
+    if not firsts and not lasts:
+        return None
+    tile = f"{skip.axis}_index"
+    for first in firsts:
+        tile = f"jnp.maximum({tile}, {first})"
+    for last in lasts:
+        tile = f"jnp.minimum({tile}, {last})"
+    if plan.axes[skip.axis].mode == "tiled":
+        return f"jnp.clip({tile}, 0, pl.cdiv({need(skip.axis)}, {need('block_' + skip.axis)}) - 1)"
+    return f"jnp.maximum({tile}, 0)"
+
+
+def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = None) -> "_Spec | str":
+    """The BlockSpec of one operand, for the pallas_call or for an inner pipeline."""
     if op.memory == "any":
         return "pl.BlockSpec(memory_space=pl.ANY)"
     k = plan.ir
@@ -66,19 +160,29 @@ def block_spec(plan: Plan, op: Operand) -> str:
         if mode in ("squeezed", "segment"):
             shape.append("None")
             index.append(f"{d}_index")
+        elif mode == "tiled" and plan.unit.clamps_tails:
+            # a pipeline's DMA does not clip a block that overhangs the array: bound the last one
+            tile = clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index"
+            shape.append(f"pl.BoundedSlice(block_{d})")
+            index.append(f"_bounded_tile({tile}, block_{d}, {d})")
         elif mode == "tiled":
             shape.append(f"block_{d}")
-            index.append(f"{d}_index")
+            index.append(clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index")
         elif mode == "jagged":
             j = k.axes[d].jagged
+            tile = clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index"
             shape.append(f"pl.BoundedSlice(block_{d})")
-            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {d}_index, block_{d})")
+            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {tile}, block_{d})")
         else:
             shape.append(d)
             index.append("0")
-    params = ", ".join([f"{a}_index" for a in plan.block_grid] + (["*_"] if plan.lowering == "paged" else []))
+    maps.helpers |= {h for h in ("bounded_tile", "jagged_tile") if any(f"_{h}(" in i for i in index)}
+    returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
-    return f"pl.BlockSpec({_tuple(shape)}, lambda {params}: {_tuple(index)}{extra})"
+    why = plan.why(op.tensor, "block_spec")
+    if clamp and plan.ir.ordered_axis in t.dims:
+        why += plan.why(plan.mask_skip.statement, "block_spec")
+    return _Spec(tuple_text(shape), _MapRef(maps, returned), extra, why)
 
 
 @dataclass
@@ -107,6 +211,9 @@ class KernelPrinter:
         self.uses: set[str] = set()  # "math", "jax", "lax", "mask_tail", activation names
         self.emitted: set[tuple[str, str]] = set()
         self.ordered = self.k.ordered_axis
+        self.outer_names: set[str] = set()  # defined around the sections (a segment's extent, say)
+        # Grid axes whose index the kernel body does not bind: read with pl.program_id where needed.
+        self.program_ids: dict[str, int] = {}
 
     # -- static arguments
     def need(self, arg: str) -> str:
@@ -218,12 +325,14 @@ class KernelPrinter:
         return next(i for i, (d, one) in enumerate(layout) if d == axis and not one)
 
     # -- tails of the ordered axis
-    def tile_start(self, sec: Section) -> str:
-        name = f"{self.ordered}_start"
+    def tile_start(self, sec: Section, axis: str | None = None) -> str:
+        """Where this tile starts along `axis` (the ordered axis by default)."""
+        axis = axis or self.ordered
+        name = f"{axis}_start"
         if name not in sec.loaded:
-            paged = self.plan.axes[self.ordered].mode == "paged"
-            block = f"block_{self.ordered}" if paged else self.need("block_" + self.ordered)
-            sec.indices.append(f"{name} = {self.ordered}_index * {block}")
+            paged = self.plan.axes[axis].mode == "paged"
+            block = f"block_{axis}" if paged else self.need("block_" + axis)
+            sec.indices.append(f"{name} = {axis}_index * {block}")
             sec.loaded.add(name)
         return name
 
@@ -231,9 +340,8 @@ class KernelPrinter:
     def grid_index(self, axis: str, sec: Section) -> str:
         """The grid index along `axis`: bound by the kernel, or read here from the pallas_call grid."""
         name = f"{axis}_index"
-        on_call_grid = self.plan.lowering == "pallas_grid" and axis in self.plan.grid and axis != self.ordered
-        if on_call_grid and name not in sec.loaded:
-            sec.indices.append(f"{name} = pl.program_id({self.plan.grid_position(axis)})")
+        if axis in self.program_ids and name not in sec.loaded:
+            sec.indices.append(f"{name} = pl.program_id({self.program_ids[axis]})")
             sec.loaded.add(name)
         return name
 
@@ -264,7 +372,7 @@ class KernelPrinter:
         shape = ["1"] * len(layout)
         shape[position] = size
         self.uses.add("lax")
-        iota = f"lax.broadcasted_iota(jnp.int32, {_tuple(shape)}, {position})"
+        iota = f"lax.broadcasted_iota(jnp.int32, {tuple_text(shape)}, {position})"
         if mode == "full":
             return iota, ATOM
         return f"{self.block_start(axis, sec)} + {iota}", 1
@@ -277,17 +385,17 @@ class KernelPrinter:
         if j is None:
             return self.need(axis)
         name = f"{axis}_size"
-        if name not in sec.loaded:
-            sec.indices.append(f"{name} = {j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]")
+        if name not in sec.loaded and name not in self.outer_names:
+            sec.indices.append(f"{name} = {self.segment_extent(axis)}")
             sec.loaded.add(name)
         return name
 
     def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
         self.uses.add("mask_tail")
-        start, size = self.tile_start(sec), self.extent(axis, sec)
+        start, size = self.tile_start(sec, axis), self.extent(axis, sec)
         return f"_mask_tail({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
 
-    def masked(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
+    def masked(self, text: str, axis: str, position: int, fill: float, sec: Section, why: list[str] = ()) -> str:
         """`text` as a reduction over `axis` should see it: `fill` past the axis's end."""
         if axis not in self.plan.ragged_axes:
             return text
@@ -300,7 +408,7 @@ class KernelPrinter:
             name = f"{text}_masked"
             if name in sec.masked.values() or name in self.k.tensors or any(st.name == name for st in self.k.statements):
                 name = f"{text}_masked_{len(sec.masked)}"
-            sec.lines.append(f"{name} = {call}")
+            sec.lines += [f"# {w}" for w in why] + [f"{name} = {call}"]
             sec.masked[key] = name
         return sec.masked[key]
 
@@ -308,11 +416,11 @@ class KernelPrinter:
         if perm == tuple(range(len(perm))):
             return text
         if not text.isidentifier():
-            return f"jnp.transpose({text}, {_tuple(perm)})"
+            return f"jnp.transpose({text}, {tuple_text(perm)})"
         key = (text, perm)
         if key not in sec.transposed:
             name = f"{text}_t" if f"{text}_t" not in sec.transposed.values() else f"{text}_t{len(sec.transposed)}"
-            sec.lines.append(f"{name} = jnp.transpose({text}, {_tuple(perm)})")
+            sec.lines.append(f"{name} = jnp.transpose({text}, {tuple_text(perm)})")
             sec.transposed[key] = name
         return sec.transposed[key]
 
@@ -327,7 +435,8 @@ class KernelPrinter:
             position = perm.index(self.position(layout, v.axis))
             masked_at_load = isinstance(operand, ir.Load) and operand.tensor in self.plan.mask_at_load
             if not masked_at_load:
-                text = self.masked(text, v.axis, position, 0.0, sec)
+                why = self.plan.why(operand.tensor, "mask") if isinstance(operand, ir.Load) else []
+                text = self.masked(text, v.axis, position, 0.0, sec, why)
             operands.append(text)
             contracting.append(position)
         ca, cb = contracting
@@ -337,7 +446,7 @@ class KernelPrinter:
             return f"jnp.dot({a}, {b}, preferred_element_type={accumulate})"
         self.uses.add("lax")
         nb = tuple(range(len(batch)))
-        dims = f"((({ca},), ({cb},)), ({_tuple(nb)}, {_tuple(nb)}))"
+        dims = f"((({ca},), ({cb},)), ({tuple_text(nb)}, {tuple_text(nb)}))"
         return f"lax.dot_general({a}, {b}, {dims}, preferred_element_type={accumulate})"
 
     # -- refs and accumulators
@@ -410,12 +519,12 @@ class KernelPrinter:
         layout = self.plan.statement_layouts[st.name]
         kept = [i for i, (_, one) in enumerate(layout) if one]
         if kept:
-            text = f"jnp.squeeze({text}, axis={_tuple(kept) if len(kept) > 1 else kept[0]})"
+            text = f"jnp.squeeze({text}, axis={tuple_text(kept) if len(kept) > 1 else kept[0]})"
         have = [d for d, one in layout if not one]
         want = list(self.plan.block_dims(self.k.tensors[st.name].dims))
         if have == want:
             return text
-        return f"jnp.transpose({text}, {_tuple(have.index(d) for d in want)})"
+        return f"jnp.transpose({text}, {tuple_text(have.index(d) for d in want)})"
 
     def update(self, st: ir.Statement, sec: Section) -> None:
         acc = self.k.accumulators[st.name]
@@ -457,6 +566,65 @@ class KernelPrinter:
                 self.statement(st, sec)
         return sec.code()
 
+    # -- masked tiles (the mask_skip rule)
+    def mask_value(self, term, sec: Section | None) -> str:
+        kind, name = term
+        if kind == "extent":
+            return self.extent(name, sec) if sec is not None else extent_text(self.plan, name, self)
+        if kind == "scalar":
+            return self.need(name)
+        return param_constant(name)
+
+    def live_condition(self, sec: Section) -> str:
+        """Code that is true when this tile of the ordered axis is not masked out entirely."""
+        skip = self.plan.mask_skip
+        bounds = {}
+        for a in skip.axes:
+            mode = self.plan.axes[a].mode
+            if mode in ("squeezed", "segment"):
+                index = self.grid_index(a, sec)
+                bounds[a] = (index, index)
+            elif mode == "full":
+                bounds[a] = ("0", f"{self.need(a)} - 1")
+            else:
+                start = self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec)
+                bounds[a] = (start, f"{start} + {self.need('block_' + a)} - 1")
+        return masks.live_text(skip.condition, bounds, lambda t: self.mask_value(t, sec))
+
+    # -- labels of kernel refs
+    def block_shape(self, op: Operand) -> str:
+        dims = []
+        for d in self.k.tensors[op.tensor].dims:
+            mode = self.plan.axes[d].mode
+            if mode in ("tiled", "jagged"):
+                dims.append(f"block_{d}")
+            elif mode not in ("squeezed", "segment"):
+                dims.append(d)
+        return "[" + ", ".join(dims) + "]"
+
+    def block_comment(self, op: Operand) -> str:
+        if op.memory == "any":
+            return "HBM, aliased to its output: never read"
+        buffers = f"{op.buffers} buffer{'s' if op.buffers > 1 else ''}"
+        return f"{op.tensor} block {self.block_shape(op)}, {buffers}"
+
+    def hbm_comment(self, op: Operand) -> str:
+        if op.memory == "any":
+            return "aliased to its output: never read"
+        return f"{op.tensor} [{', '.join(self.k.tensors[op.tensor].dims)}], in blocks {self.block_shape(op)}"
+
+    def accumulator_refs(self) -> list[tuple[str, str]]:
+        out = []
+        for name, acc in self.k.accumulators.items():
+            origin = f"for {acc.synthesized_from}" if acc.synthesized_from else "declared"
+            out.append((f"{name}_ref", f"accumulator {name} over {acc.over} ({origin}), {acc.dtype}"))
+        return out
+
+    def segment_extent(self, axis: str) -> str:
+        """This segment's extent of a jagged axis, from its offsets."""
+        j = self.k.axes[axis].jagged
+        return f"{j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]"
+
     def init_lines(self) -> list[str]:
         lines = []
         for acc in self.k.accumulators.values():
@@ -469,263 +637,33 @@ class KernelPrinter:
 
 
 @dataclass
+class RefGroup:
+    """Kernel parameters of one kind, shown under one label: (ref name, what it holds)."""
+
+    label: str
+    refs: list[tuple[str, str]]
+
+
+@dataclass
 class KernelSource:
     name: str
-    params: list[str]  # positional refs
+    groups: list[RefGroup]  # positional refs, in order, labelled
     static_args: list[str]
     lines: list[str]  # the body, indented relative to the def
     uses: set[str]
 
+    @property
+    def params(self) -> list[str]:
+        return [ref for group in self.groups for ref, _ in group.refs]
 
-def _indent(lines: list[str], by: str = "    ") -> list[str]:
+
+def indent(lines: list[str], by: str = "    ") -> list[str]:
     return [by + line if line else "" for line in lines]
 
 
-def _def(name: str, body: list[str], decorator: str | None = None) -> list[str]:
-    return ([decorator] if decorator else []) + [f"def {name}():"] + _indent(body or ["pass"])
-
-
-def _grid_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
-    k, ordered = plan.ir, plan.ir.ordered_axis
-    if ordered is None:
-        return p.section("step")
-    index = plan.grid_position(ordered)
-    lines = [f"{ordered}_index = pl.program_id({index})", ""]
-    lines += _def("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
-    lines += p.section("step") + [""]
-    lines += _def("_finalize", p.section("final"), f"@pl.when({ordered}_index == pl.num_programs({index}) - 1)")
-    return lines
-
-
-def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
-    k, ordered = plan.ir, plan.ir.ordered_axis
-    lines = []
-    for a in plan.grid:
-        lines.append(f"{a}_index = pl.program_id({plan.grid.index(a)})")
-    body = []
-    names = [f"{a}_index" for a in plan.pipeline_grid]
-    body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = indices")
-
-    # Tiles past a segment's end are launched (the grid is static) but skip their work.
-    parallel_checks = []
-    valid_lines = []
-    for a in plan.pipeline_grid:
-        if plan.axes[a].mode == "jagged" and a != ordered:
-            j = k.axes[a].jagged
-            valid_lines.append(f"{a}_size = {j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index]")
-            parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
-    if parallel_checks:
-        valid_lines.append(f"tile_valid = {' & '.join(f'({c})' if len(parallel_checks) > 1 else c for c in parallel_checks)}")
-    body += valid_lines
-
-    if ordered is None:
-        step = p.section("step")
-        body += [""] + _def("compute", step) + [""]
-        body.append("lax.cond(tile_valid, compute, lambda: None)" if parallel_checks else "compute()")
-    else:
-        body += [""] + _def("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
-        step_sec = Section("step")
-        for st in k.statements:
-            if st.phase == "step":
-                p.statement(st, step_sec)
-        checks = ["tile_valid"] if parallel_checks else []
-        if plan.axes[ordered].mode == "jagged":
-            checks.append(f"({p.tile_start(step_sec)} < {p.extent(ordered, step_sec)})")
-            # the ordered tile's start and extent are needed by the guard: compute them outside
-            body += step_sec.indices
-            step_sec.indices = []
-        body += _def("step", step_sec.code()) + [""]
-        body.append(f"lax.cond({' & '.join(checks)}, step, lambda: None)" if checks else "step()")
-        last = f"{ordered}_index == {p.need(tile_count(ordered))} - 1"
-        guard = f"tile_valid & ({last})" if parallel_checks else last
-        body += [""] + _def("_finalize", p.section("final"), f"@pl.when({guard})")
-    p.uses.add("lax")
-
-    # An output passed in only to be aliased (output_only off) stays in HBM, outside the pipeline.
-    piped_inputs = [op for op in plan.inputs if op.memory != "any"]
-    refs = [op.ref for op in piped_inputs] + [op.ref for op in plan.outputs]
-    lines += [f"def body(indices, {', '.join(refs)}):"] + _indent(body) + [""]
-    grid = []
-    for a in plan.pipeline_grid:
-        mode = plan.axes[a].mode
-        grid.append(p.need(tile_count(a)) if mode in ("tiled", "jagged") else p.need(a))
-    for a in plan.pipeline_grid:
-        if plan.axes[a].blocked:
-            p.need(f"block_{a}")
-    for op in plan.inputs + plan.outputs:
-        for d in k.tensors[op.tensor].dims:
-            if plan.axes[d].mode == "full":
-                p.need(d)
-    semantics = ", ".join("pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid)
-    hbm = [op.ref.replace("_ref", "_hbm_ref") for op in piped_inputs + plan.outputs]
-    lines += [
-        "pltpu.emit_pipeline(",
-        "    body,",
-        f"    grid={_tuple(grid)},",
-        f"    in_specs=[{', '.join(block_spec(plan, op) for op in piped_inputs)}],",
-        f"    out_specs=[{', '.join(block_spec(plan, op) for op in plan.outputs)}],",
-        f"    dimension_semantics=({semantics}{',' if len(plan.pipeline_grid) == 1 else ''}),",
-        "    _explicit_indices=True,",
-        f")({', '.join(hbm)})",
-    ]
-    if any(plan.axes[a].mode == "jagged" for a in plan.pipeline_grid):
-        p.uses.add("jagged_tile")
-    return lines
-
-
-def _paged_kernel(plan: Plan, p: KernelPrinter) -> list[str]:  # noqa: C901
-    """A grid over segments (and heads); the paged axis walked by an in-kernel loop over blocks
-    of pages, each page DMA'd from HBM into a VMEM slot."""
-    k, t = plan.ir, plan.ir.ordered_axis
-    paged_spec = k.axes[t].paged
-    seg = paged_spec.segment
-    paged_ops = [op for op in plan.inputs if op.memory == "paged"]
-    inner = [a for a in plan.grid if a != seg]
-    p.need("pages_per_compute_block")
-    p.need("page_size")
-    lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
-    lines += [
-        f"block_{t} = pages_per_compute_block * page_size",
-        f"{t}_size = {paged_spec.lengths}_ref[{seg}_index]",
-        f"num_{t}_blocks = pl.cdiv({t}_size, block_{t})",
-        "",
-    ]
-
-    def sem(op, slot: str) -> str:
-        per_slot = plan.paged_prefetch and plan.semaphore_per_slot
-        return f"{op.tensor}_sems.at[{slot}]" if per_slot else f"{op.tensor}_sems"
-
-    def leading(op) -> list[str]:
-        dims = k.tensors[op.tensor].dims
-        return list(dims[: dims.index(t)])
-
-    # start_fetch: the DMAs of one block of pages; each page id is read once and serves every
-    # paged tensor. wait_fetch never reads the table: a wait only needs the copy's size.
-    at = [f"{a}_at" for a in plan.grid]
-    fetch = [
-        f"def start_fetch({', '.join(at)}, {t}_block, slot):",
-        f'    """Start the DMAs of block `{t}_block` of pages into `slot`: each page id is read once."""',
-        "    for page in range(pages_per_compute_block):",
-        "",
-        f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
-        "        def _():",
-        f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
-        "            rows = pl.ds(page * page_size, page_size)",
-    ]
-    for op in paged_ops:
-        index = ", ".join([f"{a}_at" for a in leading(op)] + ["page_id"])
-        fetch.append(
-            f"            pltpu.make_async_copy({op.ref}.at[{index}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).start()"
-        )
-    fetch += [
-        "",
-        f"def wait_fetch({t}_block, slot):",
-        f'    """Wait for block `{t}_block` in `slot`; the source of each wait only sizes it, so the table is not read."""',
-        "    for page in range(pages_per_compute_block):",
-        "",
-        f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
-        "        def _():",
-        "            rows = pl.ds(page * page_size, page_size)",
-    ]
-    for op in paged_ops:
-        zeros = ", ".join(["0"] * (len(leading(op)) + 1))
-        fetch.append(f"            pltpu.make_async_copy({op.ref}.at[{zeros}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).wait()")
-    lines += fetch + [""]
-
-    if plan.paged_prefetch:
-        p.need(seg)
-        for a in inner:
-            p.need(a)
-        here = [f"{a}_index" for a in plan.grid]
-        lines += [
-            f"def next_block({t}_block):",
-            f'    """The block after this one in grid order, skipping empty segments; {seg} == {seg} past the last."""',
-            "",
-            f"    def advance_{seg}():",
-            f"        {seg}_at = lax.while_loop(",
-            f"            lambda s: (s < {seg}) & ({paged_spec.lengths}_ref[jnp.minimum(s, {seg} - 1)] == 0), lambda s: s + 1, {seg}_index + 1",
-            "        )",
-            f"        return ({seg}_at, {', '.join(['0'] * len(inner) + ['0'])})",
-            "",
-        ]
-        previous = f"advance_{seg}"
-        for i, a in enumerate(inner):
-            after = ["0"] * (len(inner) - i - 1)
-            nxt = here[: i + 1] + [f"{a}_index + 1"] + after + ["0"]
-            lines += [
-                f"    def advance_{a}():",
-                f"        return lax.cond({a}_index + 1 < {a}, lambda: ({', '.join(nxt)}), {previous})",
-                "",
-            ]
-            previous = f"advance_{a}"
-        lines += [
-            f"    return lax.cond({t}_block + 1 < num_{t}_blocks, lambda: ({', '.join(here)}, {t}_block + 1), {previous})",
-            "",
-        ]
-        lines += [
-            f"@pl.when({' & '.join(f'({a}_index == 0)' for a in plan.grid)})",
-            "def _first_grid_step():",
-            "    slot_ref[0] = 0",
-            "    prefetched_ref[0] = 0  # nothing is in flight yet",
-            "",
-        ]
-    lines += p.init_lines() + [""]
-
-    step = Section("step")
-    step.loaded.add(f"{t}_size")
-    for st in k.statements:
-        if st.phase == "step":
-            p.statement(st, step)
-    here = ", ".join(f"{a}_index" for a in plan.grid)
-    nexts = [f"next_{a}" for a in plan.grid] + [f"next_{t}"]
-    if plan.paged_prefetch:
-        head = [
-            "slot = slot_ref[0]",
-            "",
-            "@pl.when(prefetched_ref[0] == 0)",
-            "def _fetch_this_block():",
-            f"    start_fetch({here}, {t}_index, slot)",
-            "",
-            f"{', '.join(nexts)} = next_block({t}_index)",
-            f"has_next = next_{seg} < {seg}",
-            "",
-            "@pl.when(has_next)",
-            "def _prefetch_next_block():  # in flight while this block is computed on",
-            f"    start_fetch({', '.join(nexts)}, 1 - slot)",
-            "",
-            "prefetched_ref[0] = has_next.astype(jnp.int32)",
-            f"wait_fetch({t}_index, slot)",
-        ]
-        tail = ["slot_ref[0] = 1 - slot"]
-    else:
-        head = ["slot = 0", f"start_fetch({here}, {t}_index, slot)", f"wait_fetch({t}_index, slot)"]
-        tail = []
-    body = head + step.code() + tail + ["return carry"]
-    lines += [f"def step({t}_index, carry):"] + _indent(body) + [""]
-    lines += [f"lax.fori_loop(0, num_{t}_blocks, step, 0)"]
-    lines += p.section("final")
-    p.uses.add("lax")
-    return lines
+def def_block(name: str, body: list[str], decorator: str | None = None) -> list[str]:
+    return ([decorator] if decorator else []) + [f"def {name}():"] + indent(body or ["pass"])
 
 
 def print_kernel(plan: Plan) -> KernelSource:
-    k = plan.ir
-    p = KernelPrinter(plan)
-    if plan.lowering == "paged":
-        refs = [f"{t.name}_ref" for t in k.scalars] + [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
-        lines = _paged_kernel(plan, p)
-        refs += [f"{name}_ref" for name in k.accumulators]
-        paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
-        refs += [f"{t}_buffer" for t in paged] + [f"{t}_sems" for t in paged]
-        if plan.paged_prefetch:
-            refs += ["slot_ref", "prefetched_ref"]
-        return KernelSource(f"_{k.name}_kernel", refs, p.static_args, lines, p.uses)
-    if plan.lowering == "pallas_grid":
-        refs = [op.ref for op in plan.inputs] + [op.ref for op in plan.outputs]
-        lines = _grid_kernel(plan, p)
-    else:
-        refs = [f"{t.name}_ref" for t in k.scalars]
-        refs += [op.ref.replace("_ref", "_hbm_ref") for op in plan.inputs + plan.outputs]
-        lines = _pipeline_kernel(plan, p)
-    refs += [f"{name}_ref" for name in k.accumulators]
-    return KernelSource(f"_{k.name}_kernel", refs, p.static_args, lines, p.uses)
+    return plan.unit.kernel(plan)

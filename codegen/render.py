@@ -11,7 +11,7 @@ from codegen import __version__, ir
 from codegen.chips import ITEMSIZE
 from codegen.errors import SpecError
 from codegen.plan import Plan
-from codegen.printer import JNP_DTYPE, block_spec, literal, param_constant, print_kernel
+from codegen.printer import JNP_DTYPE, literal, param_constant, print_kernel
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -56,7 +56,7 @@ def _terms(table: dict[tuple[str, ...], int], order) -> str:
     return " + ".join(parts)
 
 
-class _Entry:
+class Entry:
     """The entry point: argument checks, block sizes, and the pallas_call."""
 
     def __init__(self, plan: Plan):
@@ -165,7 +165,9 @@ class _Entry:
         out += [d for d in dims if not self.k.axes[d].segment and not self.k.axes[d].paged and d not in seen_segments]
         return tuple(sorted(out))
 
-    def cost(self) -> str:
+    def cost(self) -> list[str]:
+        """The cost estimate, as named terms: each a sum of products of sizes."""
+
         def table(counts):
             out: dict[tuple[str, ...], int] = {}
             for dims, n in counts.items():
@@ -179,161 +181,88 @@ class _Entry:
             key = self.cost_dims(t.dims)
             bytes_table[key] = bytes_table.get(key, 0) + times * ITEMSIZE[t.dtype]
         order = self.axis_order
-        return (
-            f"pl.CostEstimate(flops={_terms(table(self.k.flops), order)}, "
-            f"transcendentals={_terms(table(self.k.transcendentals), order)}, "
-            f"bytes_accessed={_terms(bytes_table, order)})"
-        )
+        return [
+            "# the work and traffic of the whole call, for XLA's scheduler",
+            f"flops = {_terms(table(self.k.flops), order)}",
+            f"transcendentals = {_terms(table(self.k.transcendentals), order)}",
+            "# every input read once and every output written once",
+            f"bytes_accessed = {_terms(bytes_table, order)}",
+            "cost = pl.CostEstimate(flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed)",
+        ]
+
+    def block_bound(self, a: str) -> str:
+        """What a block along `a` may not exceed: a jagged axis's max, else the axis's size."""
+        return self.k.axes[a].jagged.max if self.plan.axes[a].mode == "jagged" else a
 
     def block_sizes(self) -> None:
-        p = self.plan
         for a in self.blocked_axes():
-            ap = p.axes[a]
-            bound = self.k.axes[a].jagged.max if ap.mode == "jagged" else a
+            ap = self.plan.axes[a]
+            if ap.whole:  # the plan keeps each segment in one tile
+                bound = self.block_bound(a)
+                self.lines.append(f"if {bound} > block_{a}:")
+                self.lines.append(
+                    f'    raise ValueError(f"{bound}={{{bound}}}: each segment of {a} is held whole in one tile, '
+                    f'so it must be at most block_{a}={{block_{a}}}")'
+                )
+            bound = self.block_bound(a)
+            if ap.mode == "jagged" and ap.alignment > 1:  # a pl.BoundedSlice block stays aligned
+                bound = f"pl.cdiv({bound}, {ap.alignment}) * {ap.alignment}"
             self.lines.append(f'block_{a} = _block_size("block_{a}", block_{a}, {bound}, {ap.alignment})')
-        if p.lowering != "pallas_grid":
-            for a in self.blocked_axes():
-                bound = self.k.axes[a].jagged.max if p.axes[a].mode == "jagged" else a
-                self.lines.append(f"num_{a}_tiles = pl.cdiv({bound}, block_{a})")
 
-    def scratch(self) -> list[str]:
+    @staticmethod
+    def dtype(t: ir.TensorInfo) -> str:
+        return JNP_DTYPE[t.dtype]
+
+    def out_shapes(self) -> list[str]:
+        k = self.k
+        return [
+            f"jax.ShapeDtypeStruct({self.kernel_shape(k.tensors[op.tensor])}, {self.dtype(k.tensors[op.tensor])})"
+            for op in self.plan.outputs
+        ]
+
+    def accumulator_scratch(self) -> list[tuple[str, str]]:
+        """Scratch entries of the accumulators, each with the kernel ref it becomes."""
         out = []
         for name, lay in self.plan.accumulator_layouts.items():
             dims = ["1" if one else (f"block_{d}" if self.plan.axes[d].blocked else d) for d, one in lay]
-            out.append(f"pltpu.VMEM({_tuple(dims)}, {JNP_DTYPE[self.k.accumulators[name].dtype]})")
+            out.append((f"pltpu.VMEM({_tuple(dims)}, {JNP_DTYPE[self.k.accumulators[name].dtype]})", f"{name}_ref"))
         return out
-
-    def empty_totals(self) -> None:
-        """Jagged axes whose segments are all empty: no kernel, or a stand-in row to point at."""
-        k = self.k
-        jagged = [a for a in k.axes if k.axes[a].jagged]
-        out_axes = [a for a in jagged if all(a in t.dims for t in k.outputs)]
-        for a in out_axes:
-            empties = ", ".join(f"jnp.zeros({self.shape(t)}, {JNP_DTYPE[t.dtype]})" for t in k.outputs)
-            self.lines.append(f"if {a} == 0:  # every segment is empty: nothing to compute")
-            self.lines.append(f"    return {empties}")
-        for a in jagged:
-            if a in out_axes:
-                continue
-            padded = [t for t in k.inputs if a in t.dims and not t.offsets_of]
-            if not padded:
-                continue
-            self.lines.append(f"if {a} == 0:  # no rows in any segment: the offsets keep every read off this stand-in row")
-            for t in padded:
-                shape = _tuple(["1" if d == a else d for d in t.dims])
-                self.lines.append(f"    {t.name} = jnp.zeros({shape}, {JNP_DTYPE[t.dtype]})")
 
     def build(self, kernel) -> list[str]:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
-        if p.lowering != "pallas_grid":
-            self.empty_totals()
         self.block_sizes()
+        p.unit.entry_prelude(self)
         args = [t.name for t in k.scalars] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:
             if op.tensor not in args:  # an output passed in as well (output_only off)
                 t = k.tensors[op.tensor]
                 self.lines.append(f"{t.name} = jnp.zeros({self.shape(t)}, {JNP_DTYPE[t.dtype]})")
                 args.append(t.name)
+        self.call_args = args
         if kernel.static_args:
             bindings = ", ".join(f"{s}={s}" for s in kernel.static_args)
             self.lines.append(f"kernel = functools.partial({kernel.name}, {bindings})")
             kernel_name = "kernel"
         else:
             kernel_name = kernel.name
-        out_shapes = [f"jax.ShapeDtypeStruct({self.kernel_shape(k.tensors[op.tensor])}, {JNP_DTYPE[k.tensors[op.tensor].dtype]})" for op in p.outputs]
-        one = lambda items: items[0] if len(items) == 1 else "[" + ", ".join(items) + "]"  # noqa: E731
-        if p.lowering == "paged":
-            call = [
-                "return pl.pallas_call(",
-                f"    {kernel_name},",
-                "    grid_spec=pltpu.PrefetchScalarGridSpec(",
-                f"        num_scalar_prefetch={len(k.scalars)},",
-                f"        grid={_tuple(list(p.grid))},",
-                f"        in_specs=[{', '.join(block_spec(p, op) if op.memory == 'blocked' else 'pl.BlockSpec(memory_space=pl.ANY)' for op in p.inputs)}],",
-                f"        out_specs={one([block_spec(p, op) for op in p.outputs])},",
-                f"        scratch_shapes=[{', '.join(self.scratch() + self.paged_scratch())}],",
-                "    ),",
-                f"    out_shape={one(out_shapes)},",
-            ]
-            semantics = [p.axes[a].semantics for a in p.grid]
-        elif p.lowering == "pallas_grid":
-            grid = _tuple([f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]) if p.grid else "()"
-            in_specs = [block_spec(p, op) for op in p.inputs]
-            out_specs = [block_spec(p, op) for op in p.outputs]
-            call = [
-                "return pl.pallas_call(",
-                f"    {kernel_name},",
-                f"    grid={grid},",
-                f"    in_specs=[{', '.join(in_specs)}],",
-                f"    out_specs={one(out_specs)},",
-                f"    out_shape={one(out_shapes)},",
-            ]
-            if k.accumulators:
-                call.append(f"    scratch_shapes=[{', '.join(self.scratch())}],")
-            semantics = [p.axes[a].semantics for a in p.grid]
-        else:
-            grid = _tuple(list(p.grid)) if p.grid else "(1,)"
-            call = [
-                "return pl.pallas_call(",
-                f"    {kernel_name},",
-                "    grid_spec=pltpu.PrefetchScalarGridSpec(",
-                f"        num_scalar_prefetch={len(k.scalars)},",
-                f"        grid={grid},",
-                f"        in_specs=[{', '.join('pl.BlockSpec(memory_space=pl.ANY)' for _ in p.inputs)}],",
-                f"        out_specs={one(['pl.BlockSpec(memory_space=pl.ANY)' for _ in p.outputs])},",
-            ]
-            if k.accumulators:
-                call.append(f"        scratch_shapes=[{', '.join(self.scratch())}],")
-            call += ["    ),", f"    out_shape={one(out_shapes)},"]
-            # The outer pipeline is one sequential walk; the grid lowering's segments are independent.
-            semantics = [p.axes[a].semantics for a in p.grid] or ["arbitrary"]
-        if p.aliases:
-            offset = len(k.scalars)
-            aliases = ", ".join(f"{i + offset}: {o}" for i, o in p.aliases.items())
-            call += [
-                "    # jax 0.10's TPU interpret mode returns an aliased output at its block-padded",
-                "    # shape, so interpret mode runs without the alias, which only saves a copy.",
-                f"    input_output_aliases={{}} if interpret else {{{aliases}}},",
-            ]
-        compiler = f"dimension_semantics=({', '.join(f'{chr(34)}{x}{chr(34)}' for x in semantics)}{',' if len(semantics) == 1 else ''})"
-        if p.vmem_limit:
-            compiler += f", vmem_limit_bytes={p.vmem_limit}"
-        call += [
-            f"    compiler_params=pltpu.CompilerParams({compiler}),",
-            f"    cost_estimate={self.cost()},",
-            "    interpret=_interpret_mode(interpret),",
-            f")({', '.join(args)})",
-        ]
+        self.lines += self.cost()
+        call = p.unit.pallas_call(self, kernel_name)
         fused_outputs = [op for op in p.outputs if any(len(g) > 1 for g in k.tensors[op.tensor].fused)]
         if fused_outputs:  # outputs come back with their fused dims split: join them again
             names = [op.tensor for op in p.outputs]
-            call[0] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
+            at = next(i for i, line in enumerate(call) if line == "return pl.pallas_call(")
+            call[at] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
         return self.lines + call
-
-    def paged_scratch(self) -> list[str]:
-        p, k = self.plan, self.k
-        out = []
-        paged = [op for op in p.inputs if op.memory == "paged"]
-        for op in paged:
-            t = k.tensors[op.tensor]
-            axis = next(d for d in t.dims if p.axes[d].mode == "paged")
-            rows = [f"pages_per_compute_block * page_size"] + list(t.dims[t.dims.index(axis) + 1:])
-            out.append(f"pltpu.VMEM({_tuple([str(p.paged_slots)] + rows)}, {JNP_DTYPE[t.dtype]})")
-        sems = "pltpu.SemaphoreType.DMA((2,))" if p.paged_prefetch and p.semaphore_per_slot else "pltpu.SemaphoreType.DMA(())"
-        out += [sems for _ in paged]
-        if p.paged_prefetch:
-            out += ["pltpu.SMEM((1,), jnp.int32)", "pltpu.SMEM((1,), jnp.int32)"]
-        return out
 
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
         keywords = self.unbound_axes() + self.jagged_maxima()
         keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
-        keywords += [f"pages_per_compute_block={a.block}" for a in self.plan.axes.values() if a.mode == "paged"]
+        keywords += [kw for kw, _ in self.plan.unit.signature_keywords(self.plan)]
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 
@@ -357,9 +286,7 @@ class _Entry:
             lines.append(f"  {name}: the largest extent of {bounded} in any segment (it sizes the grid).")
         for a in self.blocked_axes():
             lines.append(f"  block_{a}: tile size along {a}.")
-        for a in self.plan.axes.values():
-            if a.mode == "paged":
-                lines.append(f"  pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
+        lines += [f"  {doc}" for _, doc in self.plan.unit.signature_keywords(self.plan)]
         lines.append("  interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.")
         lines += ["", "Returns:"]
         for t in k.outputs:
@@ -380,7 +307,7 @@ def build_options(chip: str, overrides: dict[str, object]) -> str:
 def render(plan: Plan, spec_path: str) -> str:
     k = plan.ir
     kernel = print_kernel(plan)
-    entry = _Entry(plan)
+    entry = Entry(plan)
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
     stdlib = []
@@ -411,7 +338,7 @@ def render(plan: Plan, spec_path: str) -> str:
         constants=constants,
         helpers=uses,
         activations=[a for a in ir.ACTIVATIONS if a in uses],
-        pipeline=plan.lowering != "pallas_grid",
+        pipeline=plan.unit.asks_tpu_info,
         block_axes=entry.blocked_axes(),
         kernel=kernel,
         name=k.name,

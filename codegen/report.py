@@ -42,22 +42,7 @@ def format_plan(plan: Plan) -> str:
 
     out.append(f"lowering: {plan.lowering_reason}" if plan.lowering_reason else "")
     out.append(f"pallas_call grid: ({', '.join(extent(a) for a in plan.grid)})" if plan.grid else "pallas_call grid: (1,)")
-    if plan.lowering == "paged":
-        scalars = ", ".join(t.name for t in k.scalars)
-        out.append(f"scalar prefetch (SMEM): {scalars}; each page id is read once per block, for every paged tensor")
-        if plan.paged_prefetch:
-            out.append("prefetch: the next block's DMAs (maybe of the next grid step) start before this block is computed on; empty segments are skipped")
-        else:
-            out.append("prefetch: none; each block is fetched and waited for before it is computed on")
-    elif plan.lowering != "pallas_grid":
-        semantics = ", ".join(plan.axes[a].semantics for a in plan.pipeline_grid)
-        out.append(f"emit_pipeline grid: ({', '.join(extent(a) for a in plan.pipeline_grid)}), semantics ({semantics})")
-        offsets = ", ".join(t.name for t in k.scalars)
-        out.append(f"scalar prefetch (SMEM): {offsets}; every tensor stays in HBM (pl.ANY) and the pipeline moves its blocks")
-    if k.ordered_axis and plan.lowering == "paged":
-        out.append(f"loop: '{k.ordered_axis}' is walked by a loop inside each grid step; accumulators init before it, finalize after it")
-    elif k.ordered_axis:
-        out.append(f"loop: '{k.ordered_axis}' is walked in order, last in the grid; accumulators init on its first step, finalize on its last")
+    out += plan.unit.report(plan)
     out.append("")
 
     out.append("operands")

@@ -26,12 +26,16 @@ class Rule:
     name: str = ""
     seed: str = ""
     summary: str = ""
+    # The generated code it shapes, where its reason is written as a comment:
+    # "block_spec" (an operand's BlockSpec), "mask" (a tail mask), "scratch" (scratch entries).
+    shapes: str = ""
 
     def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
         raise NotImplementedError
 
 
 class OutputOnly(Rule):
+    shapes = "block_spec"
     name = "output_only"
     seed = "seed 002 (Helion #1849)"
     summary = "a tensor written but never read is not a pallas_call input"
@@ -51,6 +55,7 @@ class OutputOnly(Rule):
 
 
 class InvariantLoad(Rule):
+    shapes = "block_spec"
     name = "invariant_load"
     seed = "seed 000 (Helion #2397)"
     summary = "an input that does not vary over the ordered loop is read in-loop from its resident block, not pipelined"
@@ -92,6 +97,7 @@ RULE_NAMES = tuple(r.name for r in RULES)
 
 
 class DeferredMask(Rule):
+    shapes = "mask"
     name = "deferred_mask"
     seed = "seed 001 (Helion #2812)"
     summary = (
@@ -134,6 +140,7 @@ RULE_NAMES = tuple(r.name for r in RULES)
 
 
 class PagedPrefetch(Rule):
+    shapes = "scratch"
     name = "paged_prefetch"
     seed = "seed 003 (hw-native-sys #704)"
     summary = "the next block of pages is DMA'd into the other VMEM slot before the current block is computed on"
@@ -154,6 +161,7 @@ class PagedPrefetch(Rule):
 
 
 class SlotSemaphores(Rule):
+    shapes = "scratch"
     name = "slot_semaphores"
     seed = "seed 003's follow-up race fix"
     summary = "each VMEM slot of a paged operand has its own DMA semaphore"
@@ -174,4 +182,102 @@ class SlotSemaphores(Rule):
 
 
 RULES = (*RULES, PagedPrefetch(), SlotSemaphores())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class MaskSkip(Rule):
+    name = "mask_skip"
+    seed = "JAX's flash_attention, causal=True"
+    summary = (
+        "a where() mask that is false for a whole tile of the ordered axis skips the tile's compute, "
+        "and the index maps clamp to the last useful block so that no DMA fetches it"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        from codegen import masks
+
+        k, ordered = plan.ir, plan.ir.ordered_axis
+        sites = masks.find_sites(k)
+        if not sites:
+            return [Decision(self.name, "-", False, "no where() in the work done on each step of an ordered axis")]
+        if not plan.unit.skips_masked_tiles:
+            return [Decision(self.name, sites[0][0].name, False, f"the {plan.lowering} lowering walks '{ordered}' in its own loop")]
+        values = {st.name: st.value for st in k.statements if st.target == "value"}
+        decisions, candidates = [], []
+        for st, where in sites:
+            cond = masks.condition(where.args[0], k, values)
+            fill = masks.fill_value(where.args[2])
+            if cond is None:
+                reason = "its condition is not a comparison of affine expressions in index(), extent(), numbers and scalars"
+            elif not any(c.expr.coefficient(("index", ordered)) for c in cond.comparisons):
+                reason = f"its condition does not depend on index({ordered})"
+            elif fill not in (0.0, float("-inf")):
+                reason = "its else-branch is neither 0 nor -inf, so a masked tile may still contribute"
+            elif not _every_update_reads(k, where, values):
+                reason = f"some work on each '{ordered}' step does not go through the mask, so a masked tile still contributes"
+            else:
+                candidates.append((st, cond, fill))
+                continue
+            decisions.append(Decision(self.name, st.name, False, f"where() in '{st.name}': {reason}"))
+        if len(candidates) > 1:
+            return decisions + [Decision(self.name, c[0].name, False, "several masks: a tile is skipped only under one") for c in candidates]
+        for st, cond, fill in candidates:
+            axes = list(dict.fromkeys(name for c in cond.comparisons for (kind, name), _ in c.expr.terms if kind == "index"))
+            fraction = _nominal_fraction(plan, cond, axes)
+            shown = masks.format_condition(cond)
+            if not enabled:
+                decisions.append(Decision(self.name, st.name, False, f"rule off: tiles where {shown} never holds are computed and fetched"))
+                continue
+            plan.mask_skip = masks.SkipPlan(st.name, cond, ordered, fill, fraction, axes)
+            decisions.append(Decision(
+                self.name, st.name, True,
+                f"where({shown}, ..., {fill}) in '{st.name}': a '{ordered}' tile where it never holds adds nothing, so it "
+                f"skips its compute and its index maps clamp to the live blocks; {fraction:.0%} of the "
+                f"({', '.join(axes)}) tiles at {masks.NOMINAL_TILES} tiles per axis",
+            ))
+        return decisions
+
+
+def _every_update_reads(k, where, values) -> bool:
+    """Whether every accumulator update on each step reads the masked value."""
+    from codegen import ir
+
+    memo: dict[str, bool] = {}
+
+    def reaches(v) -> bool:
+        if v is where:
+            return True
+        if isinstance(v, ir.ValueRef) and v.name in values:
+            if v.name not in memo:
+                memo[v.name] = False
+                memo[v.name] = reaches(values[v.name])
+            return memo[v.name]
+        return any(reaches(c) for c in ir.children(v))
+
+    return all(reaches(st.value) for st in k.statements if st.phase == "step" and st.target == "accumulator")
+
+
+def _nominal_fraction(plan, cond, axes) -> float:
+    from codegen import masks
+
+    tiles, blocks, env = {}, {}, {}
+    for a in axes:
+        ap = plan.axes[a]
+        blocks[a] = ap.block if ap.blocked else 1 if ap.mode in ("squeezed", "segment") else (plan.ir.axes[a].max or 128)
+        tiles[a] = masks.NOMINAL_TILES if ap.mode != "full" else 1
+    for c in cond.comparisons:
+        for (kind, name), _ in c.expr.terms:
+            if kind == "extent":
+                ap = plan.axes[name]
+                env[(kind, name)] = masks.NOMINAL_TILES * (ap.block if ap.blocked else 1)
+            elif kind == "scalar":
+                axis = next(a for a in plan.ir.axes.values() if a.jagged and a.jagged.max == name)
+                env[(kind, name)] = masks.NOMINAL_TILES * plan.axes[axis.name].block
+            elif kind == "param":
+                env[(kind, name)] = float(plan.ir.params[name])
+    return masks.skipped_fraction(cond, tiles, blocks, env)
+
+
+RULES = (*RULES, MaskSkip())
 RULE_NAMES = tuple(r.name for r in RULES)

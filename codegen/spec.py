@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from codegen import names
 from codegen.errors import Location, SpecError, did_you_mean
 from codegen.source import Node, load_yaml
 
@@ -21,14 +22,10 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 # AXIS; AXIS+1 for an offsets tensor; A*B for two axes stored as one dim (A major).
 DIM = re.compile(r"^[a-z][a-z0-9_]*((\+1)|(\*[a-z][a-z0-9_]*)+)?$")
 DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
-# Names the generated module itself uses at module or kernel scope.
-RESERVED = frozenset(
-    {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid",
-     "body", "compute", "step", "indices", "kernel", "tile_valid",
-     # the paged lowering's own names
-     "slot", "carry", "has_next", "page", "page_id", "rows", "num_pages", "page_size",
-     "pages_per_compute_block", "start_fetch", "wait_fetch", "next_block", "slot_ref", "prefetched_ref"}
-) | frozenset(dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins")))
+# Names the generated module itself uses (codegen.names), and Python's builtins.
+RESERVED = names.RESERVED | frozenset(
+    dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins"))
+)
 
 
 # --- the schema -------------------------------------------------------------
@@ -597,17 +594,8 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
                     f"'{name}' names both a {other_kind} (line {other_loc.line}) and a {kind}", item.loc
                 )
             owners[name] = (kind, item.loc)
-    derived = {}
-    for a in axes:
-        for pattern in ("block_{}", "{}_start", "{}_index", "{}_size", "num_{}_tiles", "num_{}_blocks",
-                        "next_{}", "advance_{}", "{}_at"):
-            derived[pattern.format(a)] = a
-    for t in (*tensors, *accumulators):
-        for pattern in ("{}_ref", "{}_out_ref", "{}_hbm_ref", "{}_out_hbm_ref", "{}_buffer", "{}_sems"):
-            derived[pattern.format(t)] = t
-    for v in (*tensors, *(st.name for st in compute)):
-        for pattern in ("{}_t", "{}_masked"):
-            derived[pattern.format(v)] = v
+    values = (*tensors, *(st.name for st in compute))
+    derived = names.generated_names(axes, (*tensors, *accumulators), values)
     for name, (kind, loc) in owners.items():
         if name in derived:
             raise SpecError(

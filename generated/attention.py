@@ -47,7 +47,22 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _attention_kernel(q_ref, k_ref, v_ref, out_ref, m_ref, l_ref, acc_ref, *, d, block_skv, skv):
+def _attention_kernel(
+    # inputs
+    q_ref,  # q block [block_sq, d], 1 buffer
+    k_ref,  # k block [block_skv, d], 2 buffers
+    v_ref,  # v block [block_skv, d], 2 buffers
+    # outputs
+    out_ref,  # out block [block_sq, d], 2 buffers
+    # scratch
+    m_ref,  # accumulator m over skv (declared), float32
+    l_ref,  # accumulator l over skv (declared), float32
+    acc_ref,  # accumulator acc over skv (declared), float32
+    *,
+    d,
+    block_skv,
+    skv,
+):
     skv_index = pl.program_id(3)
 
     @pl.when(skv_index == 0)
@@ -106,64 +121,46 @@ def attention(q, k, v, *, block_sq=128, block_skv=128, interpret=False):
     block_sq = _block_size("block_sq", block_sq, sq, 8)
     block_skv = _block_size("block_skv", block_skv, skv, 8)
     kernel = functools.partial(_attention_kernel, d=d, block_skv=block_skv, skv=skv)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = (
+        4 * batch * head * sq * skv * d
+        + 4 * batch * head * sq * skv
+        + 3 * batch * head * sq * d
+        + 4 * batch * head * sq
+    )
+    transcendentals = batch * head * sq * skv + batch * head * sq + 1
+    # every input read once and every output written once
+    bytes_accessed = 8 * batch * head * sq * d + 8 * batch * head * skv * d
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def q_out_index_map(batch_index, head_index, sq_index, skv_index):
+        return (batch_index, head_index, sq_index, 0)
+
+    def k_v_index_map(batch_index, head_index, sq_index, skv_index):
+        return (batch_index, head_index, skv_index, 0)
+
     return pl.pallas_call(
         kernel,
         grid=(batch, head, pl.cdiv(sq, block_sq), pl.cdiv(skv, block_skv)),
         in_specs=[
-            pl.BlockSpec(
-                (None, None, block_sq, d),
-                lambda batch_index, head_index, sq_index, skv_index: (
-                    batch_index,
-                    head_index,
-                    sq_index,
-                    0,
-                ),
-                pipeline_mode=pl.Buffered(1),
-            ),
-            pl.BlockSpec(
-                (None, None, block_skv, d),
-                lambda batch_index, head_index, sq_index, skv_index: (
-                    batch_index,
-                    head_index,
-                    skv_index,
-                    0,
-                ),
-            ),
-            pl.BlockSpec(
-                (None, None, block_skv, d),
-                lambda batch_index, head_index, sq_index, skv_index: (
-                    batch_index,
-                    head_index,
-                    skv_index,
-                    0,
-                ),
-            ),
+            # invariant_load: 'q' [batch, head, sq, d] shares no axis with the 'skv' loop: one resident buffer, read in-loop, no prefetch across 'skv' steps
+            pl.BlockSpec((None, None, block_sq, d), q_out_index_map, pipeline_mode=pl.Buffered(1)),
+            pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
+            pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
         ],
-        out_specs=pl.BlockSpec(
-            (None, None, block_sq, d),
-            lambda batch_index, head_index, sq_index, skv_index: (
-                batch_index,
-                head_index,
-                sq_index,
-                0,
-            ),
-        ),
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((None, None, block_sq, d), q_out_index_map),
         out_shape=jax.ShapeDtypeStruct((batch, head, sq, d), jnp.float32),
         scratch_shapes=[
-            pltpu.VMEM((block_sq, 1), jnp.float32),
-            pltpu.VMEM((block_sq, 1), jnp.float32),
-            pltpu.VMEM((block_sq, d), jnp.float32),
+            pltpu.VMEM((block_sq, 1), jnp.float32),  # m_ref
+            pltpu.VMEM((block_sq, 1), jnp.float32),  # l_ref
+            pltpu.VMEM((block_sq, d), jnp.float32),  # acc_ref
         ],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
         ),
-        cost_estimate=pl.CostEstimate(
-            flops=4 * batch * head * sq * skv * d
-            + 4 * batch * head * sq * skv
-            + 3 * batch * head * sq * d
-            + 4 * batch * head * sq,
-            transcendentals=batch * head * sq * skv + batch * head * sq + 1,
-            bytes_accessed=8 * batch * head * sq * d + 8 * batch * head * skv * d,
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(q, k, v)

@@ -44,7 +44,18 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _bmm_kernel(a_ref, b_ref, out_ref, out_acc_ref, *, block_k, k):
+def _bmm_kernel(
+    # inputs
+    a_ref,  # a block [block_m, block_k], 2 buffers
+    b_ref,  # b block [block_k, block_n], 2 buffers
+    # outputs
+    out_ref,  # out block [block_m, block_n], 2 buffers
+    # scratch
+    out_acc_ref,  # accumulator out_acc over k (for out), float32
+    *,
+    block_k,
+    k,
+):
     k_index = pl.program_id(3)
 
     @pl.when(k_index == 0)
@@ -85,32 +96,40 @@ def bmm(a, b, *, block_m=128, block_n=128, block_k=128, interpret=False):
     block_n = _block_size("block_n", block_n, n, 128)
     block_k = _block_size("block_k", block_k, k, 128)
     kernel = functools.partial(_bmm_kernel, block_k=block_k, k=k)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 2 * batch * m * n * k
+    transcendentals = 0
+    # every input read once and every output written once
+    bytes_accessed = 4 * batch * m * n + 4 * batch * m * k + 4 * batch * n * k
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def a_index_map(batch_index, m_index, n_index, k_index):
+        return (batch_index, m_index, k_index)
+
+    def b_index_map(batch_index, m_index, n_index, k_index):
+        return (batch_index, k_index, n_index)
+
+    def out_index_map(batch_index, m_index, n_index, k_index):
+        return (batch_index, m_index, n_index)
+
     return pl.pallas_call(
         kernel,
         grid=(batch, pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),
         in_specs=[
-            pl.BlockSpec(
-                (None, block_m, block_k),
-                lambda batch_index, m_index, n_index, k_index: (batch_index, m_index, k_index),
-            ),
-            pl.BlockSpec(
-                (None, block_k, block_n),
-                lambda batch_index, m_index, n_index, k_index: (batch_index, k_index, n_index),
-            ),
+            pl.BlockSpec((None, block_m, block_k), a_index_map),
+            pl.BlockSpec((None, block_k, block_n), b_index_map),
         ],
-        out_specs=pl.BlockSpec(
-            (None, block_m, block_n),
-            lambda batch_index, m_index, n_index, k_index: (batch_index, m_index, n_index),
-        ),
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((None, block_m, block_n), out_index_map),
         out_shape=jax.ShapeDtypeStruct((batch, m, n), jnp.float32),
-        scratch_shapes=[pltpu.VMEM((block_m, block_n), jnp.float32)],
+        scratch_shapes=[
+            pltpu.VMEM((block_m, block_n), jnp.float32),  # out_acc_ref
+        ],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
         ),
-        cost_estimate=pl.CostEstimate(
-            flops=2 * batch * m * n * k,
-            transcendentals=0,
-            bytes_accessed=4 * batch * m * n + 4 * batch * m * k + 4 * batch * n * k,
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(a, b)

@@ -33,7 +33,12 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _exp_kernel(x_ref, out_ref):
+def _exp_kernel(
+    # inputs
+    x_ref,  # x block [block_m, block_n], 2 buffers
+    # outputs
+    out_ref,  # out block [block_m, block_n], 2 buffers
+):
     x = x_ref[...]
     out_ref[...] = jnp.exp(x)
 
@@ -54,13 +59,26 @@ def exp(x, *, block_m=256, block_n=512, interpret=False):
     _check_input("x", x, (m, n), jnp.float32)
     block_m = _block_size("block_m", block_m, m, 8)
     block_n = _block_size("block_n", block_n, n, 128)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 0
+    transcendentals = m * n
+    # every input read once and every output written once
+    bytes_accessed = 8 * m * n
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def x_out_index_map(m_index, n_index):
+        return (m_index, n_index)
+
     return pl.pallas_call(
         _exp_kernel,
         grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n)),
-        in_specs=[pl.BlockSpec((block_m, block_n), lambda m_index, n_index: (m_index, n_index))],
-        out_specs=pl.BlockSpec((block_m, block_n), lambda m_index, n_index: (m_index, n_index)),
+        in_specs=[pl.BlockSpec((block_m, block_n), x_out_index_map)],
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((block_m, block_n), x_out_index_map),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
-        cost_estimate=pl.CostEstimate(flops=0, transcendentals=m * n, bytes_accessed=8 * m * n),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(x)

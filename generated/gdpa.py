@@ -78,11 +78,13 @@ def _interpret_mode(interpret):
 
 
 def _gdpa_kernel(
-    q_offsets_ref,
-    q_hbm_ref,
-    k_hbm_ref,
-    v_hbm_ref,
-    out_hbm_ref,
+    # scalar prefetch (SMEM)
+    q_offsets_ref,  # segment offsets
+    # inputs and outputs, left in HBM: the pipeline moves their blocks
+    q_hbm_ref,  # q [sq, h, d], in blocks [block_sq, h, d]
+    k_hbm_ref,  # k [b, skv, h, d], in blocks [skv, h, d]
+    v_hbm_ref,  # v [b, skv, h, d], in blocks [skv, h, d]
+    out_hbm_ref,  # out [sq, h, d], in blocks [block_sq, h, d]
     *,
     block_sq,
     b,
@@ -94,7 +96,7 @@ def _gdpa_kernel(
     def body(indices, q_ref, k_ref, v_ref, out_ref):
         b_index, sq_index = indices
         sq_size = q_offsets_ref[b_index + 1] - q_offsets_ref[b_index]
-        tile_valid = sq_index * block_sq < sq_size
+        tile_valid = sq_index * block_sq < sq_size  # a tile past its segment's end does no work
 
         def compute():
             q = q_ref[...]
@@ -116,30 +118,24 @@ def _gdpa_kernel(
 
         lax.cond(tile_valid, compute, lambda: None)
 
+    def q_out_index_map(b_index, sq_index):
+        return (_jagged_tile(q_offsets_ref, b_index, sq_index, block_sq), 0, 0)
+
+    def k_v_index_map(b_index, sq_index):
+        return (b_index, 0, 0, 0)
+
+    # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(
         body,
         grid=(b, num_sq_tiles),
         in_specs=[
-            pl.BlockSpec(
-                (pl.BoundedSlice(block_sq), h, d),
-                lambda b_index, sq_index: (
-                    _jagged_tile(q_offsets_ref, b_index, sq_index, block_sq),
-                    0,
-                    0,
-                ),
-            ),
-            pl.BlockSpec((None, skv, h, d), lambda b_index, sq_index: (b_index, 0, 0, 0)),
-            pl.BlockSpec((None, skv, h, d), lambda b_index, sq_index: (b_index, 0, 0, 0)),
+            pl.BlockSpec((pl.BoundedSlice(block_sq), h, d), q_out_index_map),
+            pl.BlockSpec((None, skv, h, d), k_v_index_map),
+            pl.BlockSpec((None, skv, h, d), k_v_index_map),
         ],
         out_specs=[
-            pl.BlockSpec(
-                (pl.BoundedSlice(block_sq), h, d),
-                lambda b_index, sq_index: (
-                    _jagged_tile(q_offsets_ref, b_index, sq_index, block_sq),
-                    0,
-                    0,
-                ),
-            )
+            # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+            pl.BlockSpec((pl.BoundedSlice(block_sq), h, d), q_out_index_map),
         ],
         dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL),
         _explicit_indices=True,
@@ -170,12 +166,20 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
     _check_input("k", k, (b, skv, h, d), jnp.bfloat16)
     _check_input("v", v, (b, skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
+    block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
-    block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
     num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
     kernel = functools.partial(
         _gdpa_kernel, block_sq=block_sq, b=b, num_sq_tiles=num_sq_tiles, h=h, d=d, skv=skv
+    )
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 4 * sq * skv * h * d + sq * skv * h
+    transcendentals = sq * skv * h
+    # every input read once and every output written once
+    bytes_accessed = 4 * b * skv * h * d + 4 * sq * h * d + 4 * b
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     return pl.pallas_call(
         kernel,
@@ -191,10 +195,6 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
         ),
         out_shape=jax.ShapeDtypeStruct((sq, h, d), jnp.bfloat16),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
-        cost_estimate=pl.CostEstimate(
-            flops=4 * sq * skv * h * d + sq * skv * h,
-            transcendentals=sq * skv * h,
-            bytes_accessed=4 * b * skv * h * d + 4 * sq * h * d + 4 * b,
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(q_offsets, q, k, v)

@@ -41,7 +41,16 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _layernorm_kernel(x_ref, gamma_ref, beta_ref, out_ref, *, n):
+def _layernorm_kernel(
+    # inputs
+    x_ref,  # x block [block_m, n], 2 buffers
+    gamma_ref,  # gamma block [n], 1 buffer
+    beta_ref,  # beta block [n], 1 buffer
+    # outputs
+    out_ref,  # out block [block_m, n], 2 buffers
+    *,
+    n,
+):
     x = x_ref[...]
     gamma = gamma_ref[...]
     beta = beta_ref[...]
@@ -71,19 +80,33 @@ def layernorm(x, gamma, beta, *, block_m=64, interpret=False):
     _check_input("beta", beta, (n,), jnp.float32)
     block_m = _block_size("block_m", block_m, m, 8)
     kernel = functools.partial(_layernorm_kernel, n=n)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 7 * m * n + 3 * m
+    transcendentals = m
+    # every input read once and every output written once
+    bytes_accessed = 8 * m * n + 8 * n
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def x_out_index_map(m_index):
+        return (m_index, 0)
+
+    def gamma_beta_index_map(m_index):
+        return (0,)
+
     return pl.pallas_call(
         kernel,
         grid=(pl.cdiv(m, block_m),),
         in_specs=[
-            pl.BlockSpec((block_m, n), lambda m_index: (m_index, 0)),
-            pl.BlockSpec((n,), lambda m_index: (0,), pipeline_mode=pl.Buffered(1)),
-            pl.BlockSpec((n,), lambda m_index: (0,), pipeline_mode=pl.Buffered(1)),
+            pl.BlockSpec((block_m, n), x_out_index_map),
+            pl.BlockSpec((n,), gamma_beta_index_map, pipeline_mode=pl.Buffered(1)),
+            pl.BlockSpec((n,), gamma_beta_index_map, pipeline_mode=pl.Buffered(1)),
         ],
-        out_specs=pl.BlockSpec((block_m, n), lambda m_index: (m_index, 0)),
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((block_m, n), x_out_index_map),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
-        cost_estimate=pl.CostEstimate(
-            flops=7 * m * n + 3 * m, transcendentals=m, bytes_accessed=8 * m * n + 8 * n
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(x, gamma, beta)

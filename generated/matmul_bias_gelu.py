@@ -50,7 +50,19 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _matmul_bias_gelu_kernel(a_ref, b_ref, bias_ref, out_ref, out_acc_ref, *, block_k, k):
+def _matmul_bias_gelu_kernel(
+    # inputs
+    a_ref,  # a block [block_m, block_k], 2 buffers
+    b_ref,  # b block [block_k, block_n], 2 buffers
+    bias_ref,  # bias block [block_n], 1 buffer
+    # outputs
+    out_ref,  # out block [block_m, block_n], 2 buffers
+    # scratch
+    out_acc_ref,  # accumulator out_acc over k (for out), float32
+    *,
+    block_k,
+    k,
+):
     k_index = pl.program_id(2)
 
     @pl.when(k_index == 0)
@@ -95,30 +107,45 @@ def matmul_bias_gelu(a, b, bias, *, block_m=256, block_n=256, block_k=512, inter
     block_n = _block_size("block_n", block_n, n, 128)
     block_k = _block_size("block_k", block_k, k, 128)
     kernel = functools.partial(_matmul_bias_gelu_kernel, block_k=block_k, k=k)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 2 * m * n * k + m * n
+    transcendentals = m * n
+    # every input read once and every output written once
+    bytes_accessed = 4 * m * n + 2 * m * k + 2 * n * k + 4 * n
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def a_index_map(m_index, n_index, k_index):
+        return (m_index, k_index)
+
+    def b_index_map(m_index, n_index, k_index):
+        return (k_index, n_index)
+
+    def bias_index_map(m_index, n_index, k_index):
+        return (n_index,)
+
+    def out_index_map(m_index, n_index, k_index):
+        return (m_index, n_index)
+
     return pl.pallas_call(
         kernel,
         grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),
         in_specs=[
-            pl.BlockSpec((block_m, block_k), lambda m_index, n_index, k_index: (m_index, k_index)),
-            pl.BlockSpec((block_k, block_n), lambda m_index, n_index, k_index: (k_index, n_index)),
-            pl.BlockSpec(
-                (block_n,),
-                lambda m_index, n_index, k_index: (n_index,),
-                pipeline_mode=pl.Buffered(1),
-            ),
+            pl.BlockSpec((block_m, block_k), a_index_map),
+            pl.BlockSpec((block_k, block_n), b_index_map),
+            # invariant_load: 'bias' [n] shares no axis with the 'k' loop: one resident buffer, read in-loop, no prefetch across 'k' steps
+            pl.BlockSpec((block_n,), bias_index_map, pipeline_mode=pl.Buffered(1)),
         ],
-        out_specs=pl.BlockSpec(
-            (block_m, block_n), lambda m_index, n_index, k_index: (m_index, n_index)
-        ),
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((block_m, block_n), out_index_map),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
-        scratch_shapes=[pltpu.VMEM((block_m, block_n), jnp.float32)],
+        scratch_shapes=[
+            pltpu.VMEM((block_m, block_n), jnp.float32),  # out_acc_ref
+        ],
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")
         ),
-        cost_estimate=pl.CostEstimate(
-            flops=2 * m * n * k + m * n,
-            transcendentals=m * n,
-            bytes_accessed=4 * m * n + 2 * m * k + 2 * n * k + 4 * n,
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(a, b, bias)

@@ -35,40 +35,29 @@ def _check_input(name, x, shape, dtype):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    if interpret is False:
-        return False
-    if jax.devices()[0].platform == "cpu":
-        # emit_pipeline asks the backend which TPU it runs on; a CPU has no answer. jax 0.10
-        # keeps TPU facts in a registry by device kind: describe the CPU as a v5e core.
-        from jax._src.pallas.mosaic import tpu_info
-
-        kind = jax.devices()[0].device_kind
-        if not hasattr(tpu_info, "registry"):
-            raise NotImplementedError(
-                f"interpret mode on CPU needs jax 0.10's TPU info registry (jax {jax.__version__})"
-            )
-        tpu_info.registry.setdefault(
-            kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
-        )
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
 def _paged_attention_kernel(
-    lengths_ref,
-    page_indices_ref,
-    q_ref,
-    k_pages_hbm_ref,
-    v_pages_hbm_ref,
-    out_ref,
-    m_ref,
-    l_ref,
-    acc_ref,
-    k_pages_buffer,
-    v_pages_buffer,
-    k_pages_sems,
-    v_pages_sems,
-    slot_ref,
-    prefetched_ref,
+    # scalar prefetch (SMEM)
+    lengths_ref,  # lengths
+    page_indices_ref,  # table
+    # inputs
+    q_ref,  # q block [g, d], 2 buffers
+    k_pages_hbm_ref,  # HBM: its pages are DMA'd by the kernel
+    v_pages_hbm_ref,  # HBM: its pages are DMA'd by the kernel
+    # outputs
+    out_ref,  # out block [g, d], 2 buffers
+    # scratch
+    m_ref,  # accumulator m over t (declared), float32
+    l_ref,  # accumulator l over t (declared), float32
+    acc_ref,  # accumulator acc over t (declared), float32
+    k_pages_buffer,  # VMEM slots for blocks of k_pages's pages
+    v_pages_buffer,  # VMEM slots for blocks of v_pages's pages
+    k_pages_sems,  # DMA semaphores of k_pages's slots
+    v_pages_sems,  # DMA semaphores of v_pages's slots
+    slot_ref,  # the slot this block is in
+    prefetched_ref,  # whether this block's DMAs are already started
     *,
     pages_per_compute_block,
     page_size,
@@ -227,46 +216,56 @@ def paged_attention(
         b=b,
         kvh=kvh,
     )
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = (
+        4 * b * kvh * g * d * pages * page_size
+        + 3 * b * kvh * g * pages * page_size
+        + 3 * b * kvh * g * d
+        + 5 * b * kvh * g
+    )
+    transcendentals = b * kvh * g * pages * page_size + b * kvh * g
+    # every input read once and every output written once
+    bytes_accessed = (
+        4 * b * kvh * d * pages * page_size + 4 * b * kvh * g * d + 4 * b * pages + 4 * b
+    )
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def q_out_index_map(b_index, kvh_index, *_):
+        return (b_index, kvh_index, 0, 0)
+
     out = pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2,
             grid=(b, kvh),
             in_specs=[
-                pl.BlockSpec(
-                    (None, None, g, d), lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0)
-                ),
+                pl.BlockSpec((None, None, g, d), q_out_index_map),
                 pl.BlockSpec(memory_space=pl.ANY),
                 pl.BlockSpec(memory_space=pl.ANY),
             ],
-            out_specs=pl.BlockSpec(
-                (None, None, g, d), lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0)
-            ),
+            # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+            out_specs=pl.BlockSpec((None, None, g, d), q_out_index_map),
             scratch_shapes=[
-                pltpu.VMEM((g, 1), jnp.float32),
-                pltpu.VMEM((g, 1), jnp.float32),
-                pltpu.VMEM((g, d), jnp.float32),
-                pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
-                pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
-                pltpu.SemaphoreType.DMA((2,)),
-                pltpu.SemaphoreType.DMA((2,)),
-                pltpu.SMEM((1,), jnp.int32),
-                pltpu.SMEM((1,), jnp.int32),
+                pltpu.VMEM((g, 1), jnp.float32),  # m_ref
+                pltpu.VMEM((g, 1), jnp.float32),  # l_ref
+                pltpu.VMEM((g, d), jnp.float32),  # acc_ref
+                pltpu.VMEM(
+                    (2, pages_per_compute_block * page_size, d), jnp.bfloat16
+                ),  # k_pages_buffer
+                pltpu.VMEM(
+                    (2, pages_per_compute_block * page_size, d), jnp.bfloat16
+                ),  # v_pages_buffer
+                pltpu.SemaphoreType.DMA((2,)),  # k_pages_sems
+                pltpu.SemaphoreType.DMA((2,)),  # v_pages_sems
+                pltpu.SMEM((1,), jnp.int32),  # slot_ref
+                pltpu.SMEM((1,), jnp.int32),  # prefetched_ref
             ],
         ),
         out_shape=jax.ShapeDtypeStruct((b, kvh, g, d), jnp.bfloat16),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary", "arbitrary")),
-        cost_estimate=pl.CostEstimate(
-            flops=4 * b * kvh * g * d * pages * page_size
-            + 3 * b * kvh * g * pages * page_size
-            + 3 * b * kvh * g * d
-            + 5 * b * kvh * g,
-            transcendentals=b * kvh * g * pages * page_size + b * kvh * g,
-            bytes_accessed=4 * b * kvh * d * pages * page_size
-            + 4 * b * kvh * g * d
-            + 4 * b * pages
-            + 4 * b,
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(lengths, page_indices, q, k_pages, v_pages)
     return out.reshape(b, kvh * g, d)

@@ -78,7 +78,18 @@ def _interpret_mode(interpret):
 
 
 def _segment_sum_kernel(
-    offsets_ref, x_hbm_ref, out_hbm_ref, out_acc_ref, *, block_t, num_t_tiles, b, d
+    # scalar prefetch (SMEM)
+    offsets_ref,  # segment offsets
+    # inputs and outputs, left in HBM: the pipeline moves their blocks
+    x_hbm_ref,  # x [t, d], in blocks [block_t, d]
+    out_hbm_ref,  # out [b, d], in blocks [d]
+    # scratch
+    out_acc_ref,  # accumulator out_acc over t (for out), float32
+    *,
+    block_t,
+    num_t_tiles,
+    b,
+    d,
 ):
     def body(indices, x_ref, out_ref):
         b_index, t_index = indices
@@ -101,16 +112,21 @@ def _segment_sum_kernel(
         def _finalize():
             out_ref[...] = jnp.squeeze(out_acc_ref[...], axis=0)
 
+    def x_index_map(b_index, t_index):
+        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0)
+
+    def out_index_map(b_index, t_index):
+        return (b_index, 0)
+
+    # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(
         body,
         grid=(b, num_t_tiles),
-        in_specs=[
-            pl.BlockSpec(
-                (pl.BoundedSlice(block_t), d),
-                lambda b_index, t_index: (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0),
-            )
+        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), d), x_index_map)],
+        out_specs=[
+            # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+            pl.BlockSpec((None, d), out_index_map),
         ],
-        out_specs=[pl.BlockSpec((None, d), lambda b_index, t_index: (b_index, 0))],
         dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY),
         _explicit_indices=True,
     )(x_hbm_ref, out_hbm_ref)
@@ -134,12 +150,20 @@ def segment_sum(x, offsets, *, max_seq_len, block_t=256, interpret=False):
     b = offsets.shape[0] - 1
     _check_input("x", x, (t, d), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
+    block_t = _block_size("block_t", block_t, pl.cdiv(max_seq_len, 8) * 8, 8)
     if t == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
         x = jnp.zeros((1, d), jnp.float32)
-    block_t = _block_size("block_t", block_t, max_seq_len, 8)
     num_t_tiles = pl.cdiv(max_seq_len, block_t)
     kernel = functools.partial(
         _segment_sum_kernel, block_t=block_t, num_t_tiles=num_t_tiles, b=b, d=d
+    )
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = t * d
+    transcendentals = 0
+    # every input read once and every output written once
+    bytes_accessed = 4 * b * d + 4 * t * d + 4 * b
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     return pl.pallas_call(
         kernel,
@@ -148,12 +172,12 @@ def segment_sum(x, offsets, *, max_seq_len, block_t=256, interpret=False):
             grid=(1,),
             in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
             out_specs=pl.BlockSpec(memory_space=pl.ANY),
-            scratch_shapes=[pltpu.VMEM((1, d), jnp.float32)],
+            scratch_shapes=[
+                pltpu.VMEM((1, d), jnp.float32),  # out_acc_ref
+            ],
         ),
         out_shape=jax.ShapeDtypeStruct((b, d), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
-        cost_estimate=pl.CostEstimate(
-            flops=t * d, transcendentals=0, bytes_accessed=4 * b * d + 4 * t * d + 4 * b
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(offsets, x)

@@ -33,7 +33,12 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _softmax_kernel(x_ref, out_ref):
+def _softmax_kernel(
+    # inputs
+    x_ref,  # x block [block_m, n], 2 buffers
+    # outputs
+    out_ref,  # out block [block_m, n], 2 buffers
+):
     x = x_ref[...]
     row_max = jnp.max(x, axis=1, keepdims=True)
     e = jnp.exp(x - row_max)
@@ -54,15 +59,26 @@ def softmax(x, *, block_m=64, interpret=False):
     m, n = x.shape
     _check_input("x", x, (m, n), jnp.float32)
     block_m = _block_size("block_m", block_m, m, 8)
+    # the work and traffic of the whole call, for XLA's scheduler
+    flops = 4 * m * n
+    transcendentals = m * n
+    # every input read once and every output written once
+    bytes_accessed = 8 * m * n
+    cost = pl.CostEstimate(
+        flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
+    )
+
+    def x_out_index_map(m_index):
+        return (m_index, 0)
+
     return pl.pallas_call(
         _softmax_kernel,
         grid=(pl.cdiv(m, block_m),),
-        in_specs=[pl.BlockSpec((block_m, n), lambda m_index: (m_index, 0))],
-        out_specs=pl.BlockSpec((block_m, n), lambda m_index: (m_index, 0)),
+        in_specs=[pl.BlockSpec((block_m, n), x_out_index_map)],
+        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+        out_specs=pl.BlockSpec((block_m, n), x_out_index_map),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
-        cost_estimate=pl.CostEstimate(
-            flops=4 * m * n, transcendentals=m * n, bytes_accessed=8 * m * n
-        ),
+        cost_estimate=cost,
         interpret=_interpret_mode(interpret),
     )(x)

@@ -127,7 +127,7 @@ def test_lowering_switch(tmp_path):
 
 
 def test_lowering_only_applies_to_jagged_kernels(tmp_path):
-    with pytest.raises(SpecError, match="lowering applies only to kernels with jagged axes"):
+    with pytest.raises(SpecError, match="lowering 'grid' does not apply to this kernel"):
         build_text(tmp_path, (SPECS / "exp.yaml").read_text() + "lowering: grid\n")
 
 

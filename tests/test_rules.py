@@ -12,7 +12,20 @@ def with_rule(name, rule, state):
 
 
 def test_every_rule_is_covered_here():
-    assert {r.name for r in RULES} == {"output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores"}
+    assert {r.name for r in RULES} == {
+        "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
+    }
+
+
+def test_mask_skip_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("causal_attention", "mask_skip", "true"))
+    off = build_text(tmp_path, with_rule("causal_attention", "mask_skip", "false"))
+    fired = lambda b: [d.applied for d in b.plan.decisions if d.rule == "mask_skip"]  # noqa: E731
+    assert fired(on) == [True] and fired(off) == [False]
+    assert on.plan.mask_skip is not None and off.plan.mask_skip is None
+    assert "@pl.when(tile_live)" in on.source and "tile_live" not in off.source
+    assert "jnp.minimum(skv_index," in on.source and "jnp.minimum(skv_index," not in off.source
+    assert "rule off" in [d.reason for d in off.plan.decisions if d.rule == "mask_skip"][0]
 
 
 def test_output_only_on_and_off(tmp_path):

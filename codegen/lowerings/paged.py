@@ -1,0 +1,251 @@
+"""Paged kernels: a grid over sequences (and heads), the paged axis walked in-kernel.
+
+Position t of sequence b lives at page table[b, t // page_size], row t % page_size.
+Each step of an in-kernel loop DMAs one block of pages from HBM into one of two
+VMEM slots, while the other slot's block is computed on (seed 003).
+"""
+
+from __future__ import annotations
+
+from codegen.lowerings.base import Lowering, call_tail, one_or_list, scratch_lines, spec_lines
+from codegen.printer import IndexMaps, KernelPrinter, KernelSource, RefGroup, Section, block_spec, def_block, indent, tuple_text
+
+
+class PagedWalk(Lowering):
+    name = "paged"
+    skips_masked_tiles = False  # the paged axis is an in-kernel loop, not a grid axis
+
+    def applies(self, k, axes):
+        return any(a.mode == "paged" for a in axes.values())
+
+    def reason(self, origin):
+        return (
+            "paged: the paged axis is walked inside each grid step, its pages DMA'd from HBM by the "
+            "kernel; grid steps run in order ('arbitrary') because a step starts the next step's DMAs"
+        )
+
+    def arrange(self, grid, axes):
+        grid = [a for a in grid if axes[a].mode != "paged"]
+        grid.sort(key=lambda a: axes[a].mode != "segment")  # the segment first: empty ones are skipped in order
+        for a in grid:
+            axes[a].semantics = "arbitrary"
+        return grid, []
+
+    def operand_memory(self, tensor, axes):
+        return "paged" if any(axes[d].mode == "paged" for d in tensor.dims) else "blocked"
+
+    def index_map_tail(self):
+        return ["*_"]  # the scalar-prefetch refs, unused by the maps
+
+    def kernel(self, plan):
+        k = plan.ir
+        p = KernelPrinter(plan)
+        lines = _paged_body(plan, p)
+        paged = [op for op in plan.inputs if op.memory == "paged"]
+        groups = [
+            RefGroup("scalar prefetch (SMEM)", [(f"{t.name}_ref", t.scalar) for t in k.scalars]),
+            RefGroup(
+                "inputs",
+                [(op.ref, "HBM: its pages are DMA'd by the kernel" if op.memory == "paged" else p.block_comment(op))
+                 for op in plan.inputs],
+            ),
+            RefGroup("outputs", [(op.ref, p.block_comment(op)) for op in plan.outputs]),
+            RefGroup(
+                "scratch",
+                p.accumulator_refs()
+                + [(f"{op.tensor}_buffer", f"VMEM slots for blocks of {op.tensor}'s pages") for op in paged]
+                + [(f"{op.tensor}_sems", f"DMA semaphores of {op.tensor}'s slots") for op in paged]
+                + ([("slot_ref", "the slot this block is in"), ("prefetched_ref", "whether this block's DMAs are already started")]
+                   if plan.paged_prefetch else []),
+            ),
+        ]
+        return KernelSource(f"_{k.name}_kernel", groups, p.static_args, lines, p.uses)
+
+    def scratch(self, entry) -> list[tuple[str, str]]:
+        p, k = entry.plan, entry.plan.ir
+        out = []
+        paged = [op for op in p.inputs if op.memory == "paged"]
+        for op in paged:
+            t = k.tensors[op.tensor]
+            axis = next(d for d in t.dims if p.axes[d].mode == "paged")
+            rows = ["pages_per_compute_block * page_size"] + list(t.dims[t.dims.index(axis) + 1:])
+            out.append((f"pltpu.VMEM({tuple_text([str(p.paged_slots)] + rows)}, {entry.dtype(t)})", f"{op.tensor}_buffer"))
+        sems = "pltpu.SemaphoreType.DMA((2,))" if p.paged_prefetch and p.semaphore_per_slot else "pltpu.SemaphoreType.DMA(())"
+        out += [(sems, f"{op.tensor}_sems") for op in paged]
+        if p.paged_prefetch:
+            out += [("pltpu.SMEM((1,), jnp.int32)", "slot_ref"), ("pltpu.SMEM((1,), jnp.int32)", "prefetched_ref")]
+        return out
+
+    def pallas_call(self, entry, kernel_name):
+        p, k = entry.plan, entry.plan.ir
+        maps = IndexMaps([f"{a}_index" for a in p.grid] + self.index_map_tail())
+        in_specs = [block_spec(p, op, maps) if op.memory == "blocked" else "pl.BlockSpec(memory_space=pl.ANY)" for op in p.inputs]
+        out_specs = [block_spec(p, op, maps) for op in p.outputs]
+        lines = maps.lines()
+        lines += [
+            "return pl.pallas_call(",
+            f"    {kernel_name},",
+            "    grid_spec=pltpu.PrefetchScalarGridSpec(",
+            f"        num_scalar_prefetch={len(k.scalars)},",
+            f"        grid={tuple_text(list(p.grid))},",
+        ]
+        lines += spec_lines("in_specs", in_specs, "        ")
+        lines += spec_lines("out_specs", out_specs, "        ", as_list=len(out_specs) > 1)
+        lines += scratch_lines(entry.accumulator_scratch() + self.scratch(entry), "        ")
+        lines += [
+            "    ),",
+            f"    out_shape={one_or_list(entry.out_shapes())},",
+        ]
+        return lines + call_tail(entry, [p.axes[a].semantics for a in p.grid])
+
+    def signature_keywords(self, plan):
+        return [
+            (f"pages_per_compute_block={a.block}", f"pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
+            for a in plan.axes.values() if a.mode == "paged"
+        ]
+
+    def report(self, plan):
+        k = plan.ir
+        out = [f"scalar prefetch (SMEM): {', '.join(t.name for t in k.scalars)}; each page id is read once per block, for every paged tensor"]
+        if plan.paged_prefetch:
+            out.append("prefetch: the next block's DMAs (maybe of the next grid step) start before this block is computed on; empty segments are skipped")
+        else:
+            out.append("prefetch: none; each block is fetched and waited for before it is computed on")
+        if k.ordered_axis:
+            out.append(f"loop: '{k.ordered_axis}' is walked by a loop inside each grid step; accumulators init before it, finalize after it")
+        return out
+
+
+def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
+    """A grid over segments (and heads); the paged axis walked by an in-kernel loop over blocks
+    of pages, each page DMA'd from HBM into a VMEM slot."""
+    k, t = plan.ir, plan.ir.ordered_axis
+    paged_spec = k.axes[t].paged
+    seg = paged_spec.segment
+    paged_ops = [op for op in plan.inputs if op.memory == "paged"]
+    inner = [a for a in plan.grid if a != seg]
+    p.need("pages_per_compute_block")
+    p.need("page_size")
+    lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
+    lines += [
+        f"block_{t} = pages_per_compute_block * page_size",
+        f"{t}_size = {paged_spec.lengths}_ref[{seg}_index]",
+        f"num_{t}_blocks = pl.cdiv({t}_size, block_{t})",
+        "",
+    ]
+
+    def sem(op, slot: str) -> str:
+        per_slot = plan.paged_prefetch and plan.semaphore_per_slot
+        return f"{op.tensor}_sems.at[{slot}]" if per_slot else f"{op.tensor}_sems"
+
+    def leading(op) -> list[str]:
+        dims = k.tensors[op.tensor].dims
+        return list(dims[: dims.index(t)])
+
+    # start_fetch: the DMAs of one block of pages; each page id is read once and serves every
+    # paged tensor. wait_fetch never reads the table: a wait only needs the copy's size.
+    at = [f"{a}_at" for a in plan.grid]
+    fetch = [
+        f"def start_fetch({', '.join(at)}, {t}_block, slot):",
+        f'    """Start the DMAs of block `{t}_block` of pages into `slot`: each page id is read once."""',
+        "    for page in range(pages_per_compute_block):",
+        "",
+        f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
+        "        def _():",
+        f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
+        "            rows = pl.ds(page * page_size, page_size)",
+    ]
+    for op in paged_ops:
+        index = ", ".join([f"{a}_at" for a in leading(op)] + ["page_id"])
+        fetch.append(
+            f"            pltpu.make_async_copy({op.ref}.at[{index}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).start()"
+        )
+    fetch += [
+        "",
+        f"def wait_fetch({t}_block, slot):",
+        f'    """Wait for block `{t}_block` in `slot`; the source of each wait only sizes it, so the table is not read."""',
+        "    for page in range(pages_per_compute_block):",
+        "",
+        f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
+        "        def _():",
+        "            rows = pl.ds(page * page_size, page_size)",
+    ]
+    for op in paged_ops:
+        zeros = ", ".join(["0"] * (len(leading(op)) + 1))
+        fetch.append(f"            pltpu.make_async_copy({op.ref}.at[{zeros}], {op.tensor}_buffer.at[slot, rows], {sem(op, 'slot')}).wait()")
+    lines += fetch + [""]
+
+    if plan.paged_prefetch:
+        p.need(seg)
+        for a in inner:
+            p.need(a)
+        here = [f"{a}_index" for a in plan.grid]
+        lines += [
+            f"def next_block({t}_block):",
+            f'    """The block after this one in grid order, skipping empty segments; {seg} == {seg} past the last."""',
+            "",
+            f"    def advance_{seg}():",
+            f"        {seg}_at = lax.while_loop(",
+            f"            lambda s: (s < {seg}) & ({paged_spec.lengths}_ref[jnp.minimum(s, {seg} - 1)] == 0), lambda s: s + 1, {seg}_index + 1",
+            "        )",
+            f"        return ({seg}_at, {', '.join(['0'] * len(inner) + ['0'])})",
+            "",
+        ]
+        previous = f"advance_{seg}"
+        for i, a in enumerate(inner):
+            after = ["0"] * (len(inner) - i - 1)
+            nxt = here[: i + 1] + [f"{a}_index + 1"] + after + ["0"]
+            lines += [
+                f"    def advance_{a}():",
+                f"        return lax.cond({a}_index + 1 < {a}, lambda: ({', '.join(nxt)}), {previous})",
+                "",
+            ]
+            previous = f"advance_{a}"
+        lines += [
+            f"    return lax.cond({t}_block + 1 < num_{t}_blocks, lambda: ({', '.join(here)}, {t}_block + 1), {previous})",
+            "",
+        ]
+        lines += [
+            f"@pl.when({' & '.join(f'({a}_index == 0)' for a in plan.grid)})",
+            "def _first_grid_step():",
+            "    slot_ref[0] = 0",
+            "    prefetched_ref[0] = 0  # nothing is in flight yet",
+            "",
+        ]
+    lines += p.init_lines() + [""]
+
+    step = Section("step")
+    step.loaded.add(f"{t}_size")
+    for st in k.statements:
+        if st.phase == "step":
+            p.statement(st, step)
+    here = ", ".join(f"{a}_index" for a in plan.grid)
+    nexts = [f"next_{a}" for a in plan.grid] + [f"next_{t}"]
+    if plan.paged_prefetch:
+        head = [
+            "slot = slot_ref[0]",
+            "",
+            "@pl.when(prefetched_ref[0] == 0)",
+            "def _fetch_this_block():",
+            f"    start_fetch({here}, {t}_index, slot)",
+            "",
+            f"{', '.join(nexts)} = next_block({t}_index)",
+            f"has_next = next_{seg} < {seg}",
+            "",
+            "@pl.when(has_next)",
+            "def _prefetch_next_block():  # in flight while this block is computed on",
+            f"    start_fetch({', '.join(nexts)}, 1 - slot)",
+            "",
+            "prefetched_ref[0] = has_next.astype(jnp.int32)",
+            f"wait_fetch({t}_index, slot)",
+        ]
+        tail = ["slot_ref[0] = 1 - slot"]
+    else:
+        head = ["slot = 0", f"start_fetch({here}, {t}_index, slot)", f"wait_fetch({t}_index, slot)"]
+        tail = []
+    body = head + step.code() + tail + ["return carry"]
+    lines += [f"def step({t}_index, carry):"] + indent(body) + [""]
+    lines += [f"lax.fori_loop(0, num_{t}_blocks, step, 0)"]
+    lines += p.section("final")
+    p.uses.add("lax")
+    return lines

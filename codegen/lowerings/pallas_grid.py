@@ -1,0 +1,85 @@
+"""BlockSpecs on the pallas_call grid: the lowering of dense kernels."""
+
+from __future__ import annotations
+
+from codegen.lowerings.base import Lowering, call_tail, one_or_list, scratch_lines, spec_lines
+from codegen.printer import (
+    IndexMaps,
+    KernelPrinter,
+    KernelSource,
+    RefGroup,
+    Section,
+    block_spec,
+    def_block,
+    masked_tile_clamp,
+    tuple_text,
+)
+
+
+class PallasGrid(Lowering):
+    name = "pallas_grid"
+
+    def applies(self, k, axes):
+        return not any(a.mode in ("jagged", "paged") for a in axes.values())
+
+    def reason(self, origin):
+        return "no jagged or paged axis: BlockSpecs on the pallas_call grid"
+
+    def kernel(self, plan):
+        k, ordered = plan.ir, plan.ir.ordered_axis
+        p = KernelPrinter(plan)
+        p.program_ids = {a: i for i, a in enumerate(plan.grid) if a != ordered}
+        if ordered is None:
+            lines = p.section("step")
+        else:
+            index = plan.grid.index(ordered)
+            lines = [f"{ordered}_index = pl.program_id({index})", ""]
+            lines += def_block("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
+            if plan.mask_skip:
+                step = Section("step")
+                for st in k.statements:
+                    if st.phase == "step":
+                        p.statement(st, step)
+                live = p.live_condition(step)
+                lines += step.indices + [f"# {w}" for w in plan.why(plan.mask_skip.statement, "block_spec")]
+                step.indices = []
+                lines += [f"tile_live = {live}", ""]
+                lines += def_block("_step", step.code(), "@pl.when(tile_live)") + [""]
+            else:
+                lines += p.section("step") + [""]
+            last = f"{ordered}_index == pl.num_programs({index}) - 1"
+            lines += def_block("_finalize", p.section("final"), f"@pl.when({last})")
+        groups = [
+            RefGroup("inputs", [(op.ref, p.block_comment(op)) for op in plan.inputs]),
+            RefGroup("outputs", [(op.ref, p.block_comment(op)) for op in plan.outputs]),
+            RefGroup("scratch", p.accumulator_refs()),
+        ]
+        return KernelSource(f"_{k.name}_kernel", groups, p.static_args, lines, p.uses)
+
+    def pallas_call(self, entry, kernel_name):
+        p, k = entry.plan, entry.plan.ir
+        grid = [f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]
+        maps = IndexMaps([f"{a}_index" for a in p.grid])
+        clamp = masked_tile_clamp(p)
+        in_specs = [block_spec(p, op, maps, clamp) for op in p.inputs]
+        out_specs = [block_spec(p, op, maps) for op in p.outputs]
+        lines = maps.lines()
+        lines += [
+            "return pl.pallas_call(",
+            f"    {kernel_name},",
+            f"    grid={tuple_text(grid) if grid else '()'},",
+        ]
+        lines += spec_lines("in_specs", in_specs, "    ")
+        lines += spec_lines("out_specs", out_specs, "    ", as_list=len(out_specs) > 1)
+        lines += [f"    out_shape={one_or_list(entry.out_shapes())},"]
+        lines += scratch_lines(entry.accumulator_scratch(), "    ")
+        return lines + call_tail(entry, [p.axes[a].semantics for a in p.grid])
+
+    def report(self, plan):
+        out = []
+        if plan.ir.ordered_axis:
+            out.append(
+                f"loop: '{plan.ir.ordered_axis}' is walked in order, last in the grid; "
+                "accumulators init on its first step, finalize on its last"
+            )
+        return out

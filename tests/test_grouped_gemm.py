@@ -1,0 +1,107 @@
+"""Grouped GEMM: a jagged row axis with dense tiled axes (N parallel, K contracted) inside it.
+
+Both of the shapes that used to go wrong are here: N spanning three blocks, so an
+over-launched row tile sits between real tiles of other N blocks; and K and N with tails,
+which an emit_pipeline block would read past the array's end.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from codegen.verify import Case, load_module, lower_for_tpu
+
+from conftest import SPECS, build_text, checked_in_module
+
+SPEC = (SPECS / "grouped_gemm.yaml").read_text()
+BLOCK_T = 16  # bf16 rows: a multiple of 16 sublanes
+K = N = 300  # three blocks of 128 and a tail, on both
+GROUPS = {
+    "edges": [0, 1, BLOCK_T, BLOCK_T + 1, 3 * BLOCK_T - 1, 0, 3 * BLOCK_T, 5],
+    "all empty but one": [0, 0, 3 * BLOCK_T, 0],
+    "all empty": [0, 0, 0],
+}
+# The same kernel with its axes declared in another order, or lowered per segment.
+DECLARED_N_FIRST = SPEC.replace(
+    "  t: {jagged", "  n: {block: 128}\n  t: {jagged", 1
+).replace("  n: {block: 128}\n  k:", "  k:", 1)
+VARIANTS = {"checked in": None, "grid lowering": SPEC + "lowering: grid\n", "axes g, n, t, k": DECLARED_N_FIRST}
+
+
+def reference(lhs, rhs, offsets):
+    lhs, rhs = np.asarray(lhs, np.float64), np.asarray(rhs, np.float64)
+    out = np.zeros((lhs.shape[0], rhs.shape[2]))
+    for g in range(len(offsets) - 1):
+        rows = slice(offsets[g], offsets[g + 1])
+        out[rows] = lhs[rows] @ rhs[g]
+    return out
+
+
+def inputs(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    lhs = jnp.asarray(rng.standard_normal((int(offsets[-1]), K)), jnp.bfloat16)
+    rhs = jnp.asarray(rng.standard_normal((len(sizes), K, N)), jnp.bfloat16)
+    return lhs, rhs, offsets
+
+
+def module(tmp_path, variant):
+    if VARIANTS[variant] is None:
+        return checked_in_module("grouped_gemm")
+    return load_module(build_text(tmp_path, VARIANTS[variant]).source, "grouped_gemm")
+
+
+def test_variant_declares_n_before_t():
+    assert DECLARED_N_FIRST.index("  n: {block") < DECLARED_N_FIRST.index("  t: {jagged")
+    assert DECLARED_N_FIRST.count("n: {block") == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("groups", GROUPS)
+def test_grouped_gemm_matches_numpy(tmp_path, nan_interpret, variant, groups):
+    lhs, rhs, offsets = inputs(GROUPS[groups])
+    mod = module(tmp_path, variant)
+    got = np.asarray(
+        mod.grouped_gemm(lhs, rhs, jnp.asarray(offsets), max_group_size=3 * BLOCK_T, block_t=BLOCK_T,
+                         interpret=nan_interpret)
+    )
+    want = reference(lhs, rhs, offsets)
+    assert got.shape == (int(offsets[-1]), N) and got.dtype == np.float32
+    assert not np.isnan(got).any()
+    scale = max(np.abs(want).max(), 1e-30) if want.size else 1.0
+    for g in range(len(offsets) - 1):  # each group on its own, so a wrong one is named
+        rows = slice(offsets[g], offsets[g + 1])
+        np.testing.assert_allclose(got[rows], want[rows], atol=1e-5 * scale, err_msg=f"group {g}")
+
+
+def test_plan_puts_the_jagged_axis_inside_the_other_parallel_axes():
+    from codegen.build import plan_spec
+
+    _, plan = plan_spec(SPECS / "grouped_gemm.yaml")
+    assert plan.pipeline_grid == ["g", "n", "t", "k"]
+    assert [plan.axes[a].semantics for a in plan.pipeline_grid] == ["parallel", "parallel", "parallel", "arbitrary"]
+
+
+def test_dense_tails_are_bounded_in_the_pipeline():
+    source = (SPECS.parent / "generated" / "grouped_gemm.py").read_text()
+    assert "pl.BoundedSlice(block_k)" in source and "_bounded_tile(k_index, block_k, k)" in source
+    assert "_bounded_tile(n_index, block_n, n)" in source
+
+
+@pytest.mark.parametrize("variant", ["checked in", "grid lowering"])
+def test_grouped_gemm_lowers_for_tpu(tmp_path, variant):
+    mod = module(tmp_path, variant)
+    from codegen.build import plan_spec
+
+    _, plan = plan_spec(SPECS / "grouped_gemm.yaml")
+    case = Case("lowering", {"t": 1000, "g": 4, "k": K, "n": N}, maxima={"max_group_size": 512})
+    assert "tpu_custom_call" in lower_for_tpu(mod, plan, case)
+
+
+def test_a_max_below_the_block_keeps_the_block_aligned(nan_interpret):
+    """max_group_size 5 would make a 5-row block, which a pipeline cannot tile; it rounds to 16."""
+    lhs, rhs, offsets = inputs([3, 0, 5, 1])
+    got = checked_in_module("grouped_gemm").grouped_gemm(
+        lhs, rhs, jnp.asarray(offsets), max_group_size=5, interpret=nan_interpret
+    )
+    np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)

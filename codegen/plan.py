@@ -221,12 +221,17 @@ def _align(a: Layout | None, b: Layout | None, order: tuple[str, ...] = ()) -> L
 def expansion(have: Layout, want: Layout) -> tuple[int, ...]:
     """Positions of `want` that an operand laid out as `have` lacks (it is broadcast there).
 
-    `have` lines up by name with a subsequence of `want`; returns () when it needs no
-    new dims (a scalar, or the same rank)."""
+    `have` lines up by name with a subsequence of `want`, a kept size-1 slot whose axis
+    `want` does not hold taking the next position; returns () when it needs no new dims
+    (a scalar, or the same rank)."""
     if not have or len(have) == len(want):
         return ()
-    names = [x for x, _ in have]
-    return tuple(i for i, (x, _) in enumerate(want) if x not in names)
+    names = [x for x, _ in want]
+    taken, at = [], -1
+    for x, one in have:
+        at = names.index(x, at + 1) if x in names[at + 1:] else at + 1
+        taken.append(at)
+    return tuple(i for i in range(len(want)) if i not in taken)
 
 
 def format_layout(layout: Layout | None) -> str:
@@ -427,6 +432,17 @@ def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
     for t in k.tensors.values():
         if t.scalar:
             continue
+        if len(t.dims) == 1 and axes[t.dims[0]].mode == "tiled":
+            # Mosaic's rule for rank-1 blocks: a multiple of a whole (8, 128) vreg of
+            # elements, or a power of two of at least one packed row of lanes.
+            block, row = axes[t.dims[0]].block, LANES * (4 // ITEMSIZE[t.dtype])
+            if block % (8 * LANES) and not (block >= row and block & (block - 1) == 0):
+                raise SpecError(
+                    f"block {block} of axis '{t.dims[0]}' breaks TPU tiling for '{t.name}', a rank-1 "
+                    f"{t.dtype} block: it must be a power of two of at least {row}, or a multiple of {8 * LANES}",
+                    k.axes[t.dims[0]].block_loc,
+                    f"use e.g. {max(row, 256)}",
+                )
         tail = t.dims[-2:]
         for pos, d in enumerate(tail):
             a = axes[d]

@@ -601,6 +601,10 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             raise SpecError(
                 f"{kind} '{name}' clashes with a name generated for '{derived[name]}'", loc, "rename it"
             )
+    for a in axes.values():  # a jagged axis's max is an entry keyword that expressions read
+        if a.jagged and (a.jagged.max in owners or any(st.name == a.jagged.max for st in compute)):
+            what = owners[a.jagged.max][0] if a.jagged.max in owners else "compute statement"
+            raise SpecError(f"jagged max '{a.jagged.max}' also names a {what}", a.jagged.loc, "rename one of them")
     for st in compute:
         if st.name in derived:
             raise SpecError(

@@ -69,6 +69,9 @@ def jagged_cases(plan: Plan) -> list[Case]:
                 blk = max(ap.alignment, ap.block // TILES // ap.alignment * ap.alignment)
             ext = pattern(blk)
             ext = ext[i % len(ext):] + ext[: i % len(ext)]  # a second jagged axis sees other extents
+            same_offsets = [b.name for b in jagged[:i] if b.jagged.offsets == a.jagged.offsets]
+            if same_offsets:  # ... unless it shares the first one's offsets
+                ext = lengths[same_offsets[0]]
             lengths[a.name], sizes[a.name] = ext, sum(ext)
             maxima[a.jagged.max] = max(maxima.get(a.jagged.max, 0), TILES * blk)
             sizes[a.jagged.segment] = len(ext)

@@ -293,7 +293,7 @@ def test_causal_attention_by_position(tmp_path, nan_interpret):
 def test_index_of_a_jagged_axis_counts_from_each_segments_start(tmp_path, nan_interpret):
     text = SELF_ATTENTION.replace("dot(silu(s) / max_seq_len, v, over=skv)",
                                   "dot(where(index(skv) <= index(sq), silu(s), 0) / max_seq_len, v, over=skv)")
-    _, module = build(tmp_path, text)
+    built, module = build(tmp_path, text)
     lengths, longest = [0, 1, 8, 9, 23, 24, 7], 24
     o = offsets(lengths)
     q, k, v = (normal(int(o[-1]), 16) for _ in range(3))
@@ -305,6 +305,9 @@ def test_index_of_a_jagged_axis_counts_from_each_segments_start(tmp_path, nan_in
         p = np.tril(s / (1 + np.exp(-s))) / longest
         want[rows] = p @ v[rows]
     close(out, want, tol=2e-4)
+    sizes = {"b": 4, "sq": 1000, "skv": 1000, "d": 128}
+    case = Case("t", sizes, {"sq": [0, 1, 512, 487], "skv": [0, 1, 512, 487]}, {"max_seq_len": 512})
+    assert "tpu_custom_call" in lower_for_tpu(module, built.plan, case)
 
 
 def test_index_of_a_squeezed_axis_is_its_grid_index(tmp_path, nan_interpret):
@@ -333,7 +336,9 @@ def test_index_of_a_paged_axis_is_the_position_in_the_sequence(tmp_path, nan_int
     text = (SPECS / "paged_attention.yaml").read_text().replace(
         "  s: dot(q, k_pages, over=d)", "  s: where(index(t) < 20, dot(q, k_pages, over=d), -inf)"
     )
-    _, module = build(tmp_path, text)
+    built, module = build(tmp_path, text)
+    sizes = {"b": 8, "kvh": 8, "g": 4, "d": 128, "pages": 64, "num_pages": 1024, "page_size": 16, "t": 1024}
+    assert "tpu_custom_call" in lower_for_tpu(module, built.plan, Case("t", sizes))
     rng = np.random.default_rng(3)
     lengths, page, pages, kvh, groups, d = [0, 1, 16, 17, 65, 128], 16, 8, 1, 2, 128
     total = len(lengths) * pages + 2
@@ -408,3 +413,37 @@ def test_a_segments_extent_in_a_float_function(tmp_path, nan_interpret):
     x = normal(int(o[-1]), 128)
     got = module.k(x, o, max_seq_len=24, interpret=nan_interpret)
     close(got, x / np.sqrt(np.repeat(lengths, lengths))[:, None])
+
+
+@pytest.mark.parametrize("clash", ["params:\n  max_seq_len: 2.0\n", "compute-name"])
+def test_a_max_keyword_that_also_names_something_else_is_a_spec_error(tmp_path, capsys, clash):
+    if clash == "compute-name":
+        text = SELF_ATTENTION.replace("  s: dot(q, k, over=d)", "  max_seq_len: dot(q, k, over=d) * 0").replace(
+            "silu(s)", "silu(max_seq_len)")
+    else:
+        text = SELF_ATTENTION.replace("axes:\n", clash + "axes:\n")
+    err = spec_error(tmp_path, capsys, text)
+    assert "jagged max 'max_seq_len' also names a" in err
+
+
+def test_attention_with_a_bias_over_the_key_axis(tmp_path, nan_interpret):
+    text = (SPECS / "attention.yaml").read_text()
+    text = text.replace("  out: {dims: [batch, head, sq, d], dtype: float32}",
+                        "  bias: {dims: [skv], dtype: float32}\n  out: {dims: [batch, head, sq, d], dtype: float32}")
+    text = text.replace("  s: dot(q, k, over=d) * rsqrt(extent(d))", "  s: dot(q, k, over=d) * rsqrt(extent(d)) + bias")
+    built, module = build(tmp_path, text)
+    assert "bias[None, :]" in built.source
+    q, k, v = normal(2, 1, 3 * 64 + 1, 32), normal(2, 1, 3 * 128 + 9, 32), normal(2, 1, 3 * 128 + 9, 32)
+    bias = normal(3 * 128 + 9) * 2
+    out = module.attention(q, k, v, bias, block_sq=64, block_skv=128, interpret=nan_interpret)
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) / np.sqrt(32) + bias
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    close(out, np.einsum("bhqk,bhkd->bhqd", p / p.sum(axis=-1, keepdims=True), v))
+
+
+def test_a_rank_one_block_follows_the_tpu_rule_for_rank_one_blocks(tmp_path, capsys):
+    text = BROADCAST.replace("n: {block: 128}", "n: {block: 384}")
+    err = spec_error(tmp_path, capsys, text)
+    assert "block 384 of axis 'n' breaks TPU tiling for 'col', a rank-1 float32 block" in err
+    assert "k.yaml:4:" in err
+    build(tmp_path, BROADCAST.replace("n: {block: 128}", "n: {block: 2048}"))  # a multiple of 1024: fine

@@ -107,6 +107,22 @@ def extent_text(plan: Plan, axis: str, printer=None) -> str:
     return f"({j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index])"
 
 
+def tile_bounds(plan: Plan, axes, start, need, index=lambda a: f"{a}_index") -> dict[str, tuple[str, str]]:
+    """The first and last position of the current tile along each of `axes`, as code, for
+    bounding a mask over the tile: `start(axis)` prints where a blocked axis's tile starts."""
+    bounds = {}
+    for a in axes:
+        mode = plan.axes[a].mode
+        if mode in ("squeezed", "segment"):
+            bounds[a] = (index(a), index(a))
+        elif mode == "full":
+            bounds[a] = ("0", f"{need(a)} - 1")
+        else:
+            first = start(a)
+            bounds[a] = (first, f"{first} + {need('block_' + a)} - 1")
+    return bounds
+
+
 def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     """The ordered axis's block index in an index map, clamped to the tiles `mask_skip`
     leaves live, so that a skipped tile repeats a live block and the pipeline fetches
@@ -116,18 +132,8 @@ def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     if skip is None:
         return None
     need = printer.need if printer else (lambda name: name)
-    bounds = {}
-    for a in skip.axes:
-        if a == skip.axis:
-            continue
-        mode = plan.axes[a].mode
-        if mode in ("squeezed", "segment"):
-            bounds[a] = (f"{a}_index", f"{a}_index")
-        elif mode == "full":
-            bounds[a] = ("0", f"{need(a)} - 1")
-        else:
-            block = need(f"block_{a}")
-            bounds[a] = (f"{a}_index * {block}", f"{a}_index * {block} + {block} - 1")
+    others = [a for a in skip.axes if a != skip.axis]
+    bounds = tile_bounds(plan, others, lambda a: f"{a}_index * {need('block_' + a)}", need)
 
     def value(term):
         kind, name = term
@@ -583,17 +589,11 @@ class KernelPrinter:
     def live_condition(self, sec: Section) -> str:
         """Code that is true when this tile of the ordered axis is not masked out entirely."""
         skip = self.plan.mask_skip
-        bounds = {}
-        for a in skip.axes:
-            mode = self.plan.axes[a].mode
-            if mode in ("squeezed", "segment"):
-                index = self.grid_index(a, sec)
-                bounds[a] = (index, index)
-            elif mode == "full":
-                bounds[a] = ("0", f"{self.need(a)} - 1")
-            else:
-                start = self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec)
-                bounds[a] = (start, f"{start} + {self.need('block_' + a)} - 1")
+        bounds = tile_bounds(
+            self.plan, skip.axes,
+            lambda a: self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec),
+            self.need, lambda a: self.grid_index(a, sec),
+        )
         return masks.live_text(skip.condition, bounds, lambda t: self.mask_value(t, sec))
 
     # -- labels of kernel refs

@@ -182,6 +182,9 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = Non
         else:
             shape.append(d)
             index.append("0")
+    if op.tensor in plan.unit_major:  # the unit dim inserted before the last one
+        shape.insert(len(shape) - 1, "1")
+        index.insert(len(index) - 1, "0")
     maps.helpers |= {h for h in ("bounded_tile", "jagged_tile") if any(f"_{h}(" in i for i in index)}
     returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
@@ -471,12 +474,18 @@ class KernelPrinter:
             if tensor in self.plan.mask_at_load:
                 axis, fill = self.plan.mask_at_load[tensor]
                 layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
-                call = self.mask_call(f"{ref}[...]", axis, self.position(layout, axis), fill, sec)
+                call = self.mask_call(self.read_ref(tensor, ref), axis, self.position(layout, axis), fill, sec)
                 sec.masked_loads.append(f"{tensor} = {call}")
             else:
-                sec.loads.append(f"{tensor} = {ref}[...]")
+                sec.loads.append(f"{tensor} = {self.read_ref(tensor, ref)}")
             sec.loaded.add(tensor)
         return tensor
+
+    def read_ref(self, tensor: str, ref: str) -> str:
+        """A block read whole, without the unit dim a jagged tensor is passed with."""
+        if tensor in self.plan.unit_major:
+            return f"{ref}[...].reshape({ref}.shape[:-2] + {ref}.shape[-1:])"
+        return f"{ref}[...]"
 
     def output_ref(self, tensor: str) -> str:
         op = next(op for op in self.plan.outputs if op.tensor == tensor)
@@ -520,7 +529,10 @@ class KernelPrinter:
             if v.dtype != self.k.tensors[st.name].dtype:
                 text = f"{self.paren(text, prec, ATOM)}.astype({self.output_ref(st.name)}.dtype)"
             text = self.transposed(text, st)
-            sec.lines.append(f"{self.output_ref(st.name)}[...] = {text}")
+            ref = self.output_ref(st.name)
+            if st.name in self.plan.unit_major:  # the block keeps the unit dim it is passed with
+                text = f"({text}).reshape({ref}.shape)"
+            sec.lines.append(f"{ref}[...] = {text}")
         else:
             self.update(st, sec)
 

@@ -200,32 +200,39 @@ def main() -> None:
 NOTES = """
 ## Where a kernel moves more than the minimum, and why
 
-- **exp, axpy, softmax, gdpa: at the minimum.** Each block of each tensor moves once. In
-  gdpa, K and V follow the segment alone, so the pipeline fetches them once per segment
-  and reuses them for every q tile of it; over-launched tiles repeat the previous block
-  and move nothing. (gdpa and gdpa_jagged show 1 grid step: their work is one
-  emit_pipeline inside a single pallas_call step, whose block copies are counted as
-  kernel DMAs.)
-- **attention: K and V once per query block.** Its grid walks kv inside each
-  (batch, head, q block), so K/V are read cdiv(Sq, block_sq) = 2 times here; q and out
-  move once (invariant_load keeps q's block resident across the kv steps).
-- **bmm: A once per column block, B once per row block.** Every (m, n) output block
-  reads a row of A blocks and a column of B blocks: A is read cdiv(N, block_n) times
-  and B cdiv(M, block_m) times, here twice each.
-- **gdpa_jagged: K and V once per q tile.** A segment's kv rows are walked again for
-  each of its q tiles (1 to 3 here); the minimum would need the whole segment's K/V
-  resident across its q tiles.
-- **paged_attention: whole pages.** DMAs move whole pages, so a sequence's last page is
-  read in full even when only some of its rows are below the length (1 of 16 rows for
-  length 1, 1 of 16 for 17 and 65). No page past a length is touched, and
-  zero-length sequences issue no DMA: 68 DMAs = 2 (K, V) x 2 K/V heads x 17 pages.
-- **JAX's paged_attention on the same inputs** reads whole compute blocks of 4 pages
-  (112 DMAs, pages past the length included), and writes its m and l statistics as
-  extra outputs per grid step.
+- **At the minimum: exp, axpy, softmax, rmsnorm, layernorm, gdpa, jagged_softmax,
+  segment_sum, segment_mean, and grouped_gemm with balanced groups.** Each block of each
+  tensor moves once. In gdpa, K and V follow the segment alone, so the pipeline fetches them
+  once per segment; over-launched tiles repeat the previous block and move nothing. The
+  segment sums read each input byte once. (Jagged kernels show 1 grid step: their work is
+  one emit_pipeline inside a single pallas_call step, whose copies count as kernel DMAs.)
+- **attention: K and V once per query block.** Its grid walks kv inside each (batch, head,
+  q block): at S=2048 with 128-row blocks K/V are read 16 times (8.50x).
+- **causal_attention: mask_skip.** A q tile fetches only the K/V blocks up to the diagonal,
+  so at S=2048 it moves 0.555x the bytes of attention (0.542x of its reads: 270 K/V block
+  fetches against 512). Two things keep it above half: the diagonal blocks are half used,
+  so K/V cost (n+1)/2n of the full walk with n = 16 blocks, and q tile i+1 starts again at
+  K/V block 0 where tile i ended on block i, a fetch that walking every other q tile's keys
+  backwards would save.
+- **bmm, matmul_bias_gelu: A once per column block, B once per row block** (1.67x).
+- **gdpa_jagged, hstu: K and V once per q tile.** A segment's kv rows are walked again for
+  each of its q tiles (up to 3 here); hstu's causal mask (mask_skip) skips the kv tiles
+  after each q tile, which brings it from gdpa_jagged's 1.78x to 1.28x.
+- **grouped_gemm with skewed groups: 3.63x.** The grid gives every group cdiv(max, block)
+  row tiles; a tile past its group's rows does no work and repeats its lhs block, but its
+  rhs index still walks K, so rhs is fetched again for every over-launched tile. A grid over
+  the real tiles only (a scalar-prefetched tile-to-group map, as megablox does) removes it.
+- **paged_attention: whole pages.** DMAs move whole pages, so a sequence's last page is read
+  in full even when only some of its rows are below the length. No page past a length is
+  touched, and zero-length sequences issue no DMA: 68 DMAs = 2 (K, V) x 2 K/V heads x 17 pages.
+- **JAX's paged_attention on the same inputs** reads whole compute blocks of 4 pages (112
+  DMAs, pages past the length included), and writes its m and l statistics as extra outputs.
+- **ragged_paged_attention: whole pages, and K/V once per query tile** (1.54x); mask_skip
+  stops each tile's page loop at the last block its rows can see.
 
 Scalar-prefetched inputs (offsets, page tables, lengths) go to SMEM and are not counted.
-Interpret mode pads partial blocks, so ragged cases would count padding; these cases
-are aligned or move whole rows (BoundedSlice, pages).
+Interpret mode pads partial blocks, so ragged cases would count padding; these cases are
+aligned or move whole rows (BoundedSlice, pages).
 """
 
 

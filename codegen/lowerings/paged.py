@@ -15,7 +15,6 @@ from codegen.printer import (
     RefGroup,
     Section,
     block_spec,
-    def_block,
     indent,
     tile_bounds,
     tuple_text,

@@ -57,7 +57,7 @@ class PallasGrid(Lowering):
         return KernelSource(f"_{k.name}_kernel", groups, p.static_args, lines, p.uses)
 
     def pallas_call(self, entry, kernel_name):
-        p, k = entry.plan, entry.plan.ir
+        p = entry.plan
         grid = [f"pl.cdiv({a}, block_{a})" if p.axes[a].blocked else a for a in p.grid]
         maps = IndexMaps([f"{a}_index" for a in p.grid])
         clamp = masked_tile_clamp(p)

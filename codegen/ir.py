@@ -722,16 +722,22 @@ def _axes_used_against_their_reductions(statements: list[Statement], spec: Spec)
     hidden_by_statement: dict[str, set[str]] = {}
     found: set[str] = set()
 
+    memo: dict[int, set[str]] = {}
+
     def hidden(v: Value) -> set[str]:
         """Axes reduced somewhere inside `v` that `v` no longer varies over."""
         if isinstance(v, ValueRef):
             return hidden_by_statement.get(v.name, set())
-        inner = set().union(*(hidden(c) for c in children(v))) if children(v) else set()
+        if id(v) in memo:
+            return memo[id(v)]
+        below = [hidden(c) for c in children(v)]  # each child once: trees may be deep
+        inner = set().union(*below)
         if isinstance(v, (Reduce, Dot)):
             inner.add(v.axis)
-        for c in children(v):
-            found.update(x for x in hidden(c) if x in v.dims)
-        return {x for x in inner if x not in v.dims}
+        for h in below:
+            found.update(x for x in h if x in v.dims)
+        memo[id(v)] = {x for x in inner if x not in v.dims}
+        return memo[id(v)]
 
     for st in statements:
         hidden_by_statement[st.name] = hidden(st.value)

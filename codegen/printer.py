@@ -427,7 +427,8 @@ def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
         lines.append(f"{a}_index = pl.program_id({plan.grid.index(a)})")
     body = []
     names = [f"{a}_index" for a in plan.pipeline_grid]
-    body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = indices")
+    body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = _grid_indices(step)")
+    p.uses.add("grid_indices")
 
     # Tiles past a segment's end are launched (the grid is static) but skip their work.
     parallel_checks = []
@@ -467,7 +468,7 @@ def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
     # An output passed in only to be aliased (output_only off) stays in HBM, outside the pipeline.
     piped_inputs = [op for op in plan.inputs if op.memory != "any"]
     refs = [op.ref for op in piped_inputs] + [op.ref for op in plan.outputs]
-    lines += [f"def body(indices, {', '.join(refs)}):"] + _indent(body) + [""]
+    lines += [f"def body(step, {', '.join(refs)}):"] + _indent(body) + [""]
     grid = []
     for a in plan.pipeline_grid:
         mode = plan.axes[a].mode

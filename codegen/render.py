@@ -311,6 +311,8 @@ class _Entry:
             call[0] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
+        if p.lowering != "pallas_grid":  # the kernel is traced for the TPU that _target_tpu names
+            call = ["with _target_tpu():"] + [f"    {line}" for line in call]
         return self.lines + call
 
     def paged_scratch(self) -> list[str]:
@@ -382,7 +384,7 @@ def render(plan: Plan, spec_path: str) -> str:
     entry = _Entry(plan)
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
-    stdlib = []
+    stdlib = ["import contextlib"] if plan.lowering != "pallas_grid" else []
     if kernel.static_args:
         stdlib.append("import functools")
     if "math" in uses:

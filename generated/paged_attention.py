@@ -9,6 +9,7 @@ meaning as jax.experimental.pallas.ops.tpu.paged_attention; a sequence of length
 zeros.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -35,22 +36,23 @@ def _check_input(name, x, shape, dtype):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    if interpret is False:
-        return False
-    if jax.devices()[0].platform == "cpu":
-        # emit_pipeline asks the backend which TPU it runs on; a CPU has no answer. jax 0.10
-        # keeps TPU facts in a registry by device kind: describe the CPU as a v5e core.
-        from jax._src.pallas.mosaic import tpu_info
-
-        kind = jax.devices()[0].device_kind
-        if not hasattr(tpu_info, "registry"):
-            raise NotImplementedError(
-                f"interpret mode on CPU needs jax 0.10's TPU info registry (jax {jax.__version__})"
-            )
-        tpu_info.registry.setdefault(
-            kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
-        )
     return pltpu.InterpretParams() if interpret is True else interpret
+
+
+def _target_tpu():
+    """A context that names the TPU to trace for, where none is the default device.
+
+    emit_pipeline reads TPU facts (tiling, VMEM) from the device it traces for. On a
+    CPU (interpret mode, or lowering for TPU from a CPU) there is none, so an abstract
+    mesh names a v5e core.
+    """
+    device = jax.config.jax_default_device or jax.devices()[0]
+    if getattr(device, "platform", device) == "tpu":
+        return contextlib.nullcontext()
+    v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
+    return jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+    )
 
 
 def _paged_attention_kernel(
@@ -227,46 +229,48 @@ def paged_attention(
         b=b,
         kvh=kvh,
     )
-    out = pl.pallas_call(
-        kernel,
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=2,
-            grid=(b, kvh),
-            in_specs=[
-                pl.BlockSpec(
+    with _target_tpu():
+        out = pl.pallas_call(
+            kernel,
+            grid_spec=pltpu.PrefetchScalarGridSpec(
+                num_scalar_prefetch=2,
+                grid=(b, kvh),
+                in_specs=[
+                    pl.BlockSpec(
+                        (None, None, g, d),
+                        lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0),
+                    ),
+                    pl.BlockSpec(memory_space=pl.ANY),
+                    pl.BlockSpec(memory_space=pl.ANY),
+                ],
+                out_specs=pl.BlockSpec(
                     (None, None, g, d), lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0)
                 ),
-                pl.BlockSpec(memory_space=pl.ANY),
-                pl.BlockSpec(memory_space=pl.ANY),
-            ],
-            out_specs=pl.BlockSpec(
-                (None, None, g, d), lambda b_index, kvh_index, *_: (b_index, kvh_index, 0, 0)
+                scratch_shapes=[
+                    pltpu.VMEM((g, 1), jnp.float32),
+                    pltpu.VMEM((g, 1), jnp.float32),
+                    pltpu.VMEM((g, d), jnp.float32),
+                    pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
+                    pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
+                    pltpu.SemaphoreType.DMA((2,)),
+                    pltpu.SemaphoreType.DMA((2,)),
+                    pltpu.SMEM((1,), jnp.int32),
+                    pltpu.SMEM((1,), jnp.int32),
+                ],
             ),
-            scratch_shapes=[
-                pltpu.VMEM((g, 1), jnp.float32),
-                pltpu.VMEM((g, 1), jnp.float32),
-                pltpu.VMEM((g, d), jnp.float32),
-                pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
-                pltpu.VMEM((2, pages_per_compute_block * page_size, d), jnp.bfloat16),
-                pltpu.SemaphoreType.DMA((2,)),
-                pltpu.SemaphoreType.DMA((2,)),
-                pltpu.SMEM((1,), jnp.int32),
-                pltpu.SMEM((1,), jnp.int32),
-            ],
-        ),
-        out_shape=jax.ShapeDtypeStruct((b, kvh, g, d), jnp.bfloat16),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary", "arbitrary")),
-        cost_estimate=pl.CostEstimate(
-            flops=4 * b * kvh * g * d * pages * page_size
-            + 3 * b * kvh * g * pages * page_size
-            + 3 * b * kvh * g * d
-            + 5 * b * kvh * g,
-            transcendentals=b * kvh * g * pages * page_size + b * kvh * g,
-            bytes_accessed=4 * b * kvh * d * pages * page_size
-            + 4 * b * kvh * g * d
-            + 4 * b * pages
-            + 4 * b,
-        ),
-        interpret=_interpret_mode(interpret),
-    )(lengths, page_indices, q, k_pages, v_pages)
-    return out.reshape(b, kvh * g, d)
+            out_shape=jax.ShapeDtypeStruct((b, kvh, g, d), jnp.bfloat16),
+            compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary", "arbitrary")),
+            cost_estimate=pl.CostEstimate(
+                flops=4 * b * kvh * g * d * pages * page_size
+                + 3 * b * kvh * g * pages * page_size
+                + 3 * b * kvh * g * d
+                + 5 * b * kvh * g,
+                transcendentals=b * kvh * g * pages * page_size + b * kvh * g,
+                bytes_accessed=4 * b * kvh * d * pages * page_size
+                + 4 * b * kvh * g * d
+                + 4 * b * pages
+                + 4 * b,
+            ),
+            interpret=_interpret_mode(interpret),
+        )(lengths, page_indices, q, k_pages, v_pages)
+        return out.reshape(b, kvh * g, d)

@@ -1,4 +1,4 @@
-"""The `codegen` command line: build, check, plan, verify, estimate, schema."""
+"""The `codegen` command line: build, check, plan, verify, estimate, tune, schema."""
 
 from __future__ import annotations
 
@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block", dest="blocks", action="append", metavar="NAME=N", default=[],
                    help="a block size keyword of the entry point (repeatable), e.g. --block block_m=256")
 
+    p = sub.add_parser("tune", help="search block sizes by the compiler's estimate; record the winner in the spec")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+    _add_compile_options(p)
+    p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="print the winner; leave the spec as it is")
+
     sub.add_parser("schema", help="print the spec's JSON Schema")
     return parser
 
@@ -154,6 +161,11 @@ def _cmd_verify(args) -> int:
               "pip install 'tpu-codegen[tpu]'", file=sys.stderr)
         return EXIT_FAILED
     extra = []
+    tuned = built.spec.tune.get(compile_for or "")
+    if tuned:  # the shapes the chip's default blocks were tuned at
+        from codegen.estimate import case_from_shapes
+
+        extra.append(case_from_shapes(built.plan, tuned.shapes, f"tune.{compile_for} shapes"))
     if args.shapes:
         from codegen.estimate import case_from_shapes, parse_shapes
 
@@ -188,6 +200,32 @@ def _cmd_estimate(args) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _cmd_tune(args) -> int:
+    from codegen.build import build_source
+    from codegen.estimate import parse_shapes
+    from codegen.tpu_compile import CompilerUnavailable
+    from codegen.tune import block_keyword, tune, write_tune_entry
+
+    built = build_source(args.spec, _overrides(args.defines), args.chip)
+    shapes = parse_shapes(args.shapes)
+    try:
+        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print)
+    except CompilerUnavailable as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    except (RuntimeError, ValueError) as err:
+        print(f"tune {built.plan.ir.name}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    shown = " ".join(f"{block_keyword(built.plan, a)}={v}" for a, v in tuned.blocks.items())
+    print(f"winner for {args.chip}: {shown} at {tuned.cycles:,} estimated cycles; "
+          f"{len(tuned.trials)} candidates compiled in {tuned.seconds:.0f}s")
+    if args.dry_run:
+        return EXIT_OK
+    write_tune_entry(args.spec, built, tuned)
+    print(f"{args.spec}: tune.{args.chip} written; run `codegen build {args.spec}`")
+    return EXIT_OK
+
+
 def _cmd_schema(args) -> int:
     from codegen.spec import json_schema
 
@@ -203,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": _cmd_plan,
         "verify": _cmd_verify,
         "estimate": _cmd_estimate,
+        "tune": _cmd_tune,
         "schema": _cmd_schema,
     }[args.command]
     try:

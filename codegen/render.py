@@ -312,7 +312,7 @@ class _Entry:
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
         if p.lowering != "pallas_grid":  # the kernel is traced for the TPU that _target_tpu names
-            call = ["with _target_tpu():"] + [f"    {line}" for line in call]
+            call = ["with _target_tpu(interpret):"] + [f"    {line}" for line in call]
         return self.lines + call
 
     def paged_scratch(self) -> list[str]:
@@ -330,11 +330,16 @@ class _Entry:
             out += ["pltpu.SMEM((1,), jnp.int32)", "pltpu.SMEM((1,), jnp.int32)"]
         return out
 
+    def default_block(self, axis: str) -> int:
+        """The spec's `tune:` entry for the chip built for, else the planned block."""
+        tuned = self.k.spec.tune.get(self.plan.chip.name)
+        return tuned.blocks.get(axis, self.plan.axes[axis].block) if tuned else self.plan.axes[axis].block
+
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
         keywords = self.unbound_axes() + self.jagged_maxima()
-        keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
-        keywords += [f"pages_per_compute_block={a.block}" for a in self.plan.axes.values() if a.mode == "paged"]
+        keywords += [f"block_{a}={self.default_block(a)}" for a in self.blocked_axes()]
+        keywords += [f"pages_per_compute_block={self.default_block(a.name)}" for a in self.plan.axes.values() if a.mode == "paged"]
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 

@@ -155,3 +155,69 @@ def test_shapes_for_a_paged_spec_size_the_page_pool():
     case = case_from_shapes(plan, {"b": 8, "kvh": 2, "g": 4, "d": 128, "pages": 64})
     k_pages = plan.ir.tensors["k_pages"]
     assert plan.ir.caller_shape(k_pages, case.sizes) == (2, 8 * 64, 16, 128)
+
+
+# --- codegen tune and the spec's tune: section -----------------------------------------
+
+BMM_TUNED = """
+tune:  # blocks per chip
+  v6e: {shapes: {batch: 4, m: 2048, n: 2048, k: 2048}, blocks: {m: 256, n: 512, k: 1024}, estimated_cycles: 5}
+"""
+
+
+def test_a_tune_entry_sets_the_default_blocks_of_the_build_for_its_chip(tmp_path):
+    from conftest import build_text
+
+    text = (SPECS / "bmm.yaml").read_text() + BMM_TUNED
+    tuned = build_text(tmp_path, text, chip="v6e")
+    assert "def bmm(a, b, *, block_m=256, block_n=512, block_k=1024, interpret=False):" in tuned.source
+    other_chip = build_text(tmp_path, text, chip="v5e")
+    assert "def bmm(a, b, *, block_m=128, block_n=128, block_k=128, interpret=False):" in other_chip.source
+    assert tuned.spec.tune["v6e"].shapes == {"batch": 4, "m": 2048, "n": 2048, "k": 2048}
+
+
+@pytest.mark.parametrize("section, message", [
+    ("tune:\n  v9z: {shapes: {m: 1}, blocks: {m: 8}}\n", "tune.v9z: not a chip"),
+    ("tune:\n  v6e: {shapes: {m: 1}, blocks: {batch: 8}}\n", "'batch' is not an axis with a block"),
+    ("tune:\n  v6e: {shapes: {m: 1}, blocks: {m: 0}}\n", "must be a positive integer"),
+    ("tune:\n  v6e: {blocks: {m: 8}}\n", "missing required key 'shapes'"),
+])
+def test_a_wrong_tune_entry_is_a_spec_error(tmp_path, section, message):
+    from conftest import build_text
+
+    with pytest.raises(SpecError, match=re.escape(message)):
+        build_text(tmp_path, (SPECS / "bmm.yaml").read_text() + section)
+
+
+def test_writing_a_tune_entry_keeps_the_spec_and_the_other_chips(tmp_path):
+    from codegen.tune import Tuned, write_tune_entry
+    from codegen.verify import Case
+
+    path = tmp_path / "bmm.yaml"
+    original = (SPECS / "bmm.yaml").read_text()
+    path.write_text(original + BMM_TUNED)
+    built = build_source(path)
+    shapes = {"batch": 2, "m": 512, "n": 512, "k": 512}
+    write_tune_entry(path, built, Tuned("v5e", shapes, Case("tune", shapes), {"m": 512, "n": 256, "k": 512}, 77,
+                                        "libtpu 0.0.42.1", [], 1.0))
+    text = path.read_text()
+    assert text.startswith(original), "the rest of the spec, comments included, is left as written"
+    reread = build_source(path).spec.tune
+    assert reread["v5e"].blocks == {"m": 512, "n": 256, "k": 512} and reread["v5e"].estimated_cycles == 77
+    assert reread["v6e"].blocks == {"m": 256, "n": 512, "k": 1024}, "the other chip's entry stays"
+    assert text.count("tune:") == 1
+
+
+@needs_libtpu
+def test_tune_compiles_candidates_and_records_the_best(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text((SPECS / "exp.yaml").read_text())
+    assert main(["tune", str(path), "--chip", "v6e", "--shape", "m=256", "--shape", "n=512", "--passes", "1"]) == 0
+    out = capsys.readouterr().out
+    trials = {tuple(re.findall(r"block_\w+=\d+", line)): int(cycles.replace(",", ""))
+              for line, cycles in re.findall(r"(\[\d+\] .*?) \.\.\. ([\d,]+) cycles", out)}
+    assert len(trials) >= 3, out
+    entry = build_source(path).spec.tune["v6e"]
+    assert entry.shapes == {"m": 256, "n": 512}
+    assert entry.estimated_cycles == min(trials.values())
+    assert "tune.v6e written" in out

@@ -36,8 +36,10 @@ from pathlib import Path
 TOPOLOGY = {"v5e": "v5e:2x2", "v6e": "v6e:2x2", "v7x": "tpu7x:2x2x1"}
 
 # libtpu's own environment for a machine with no TPU: no metadata server to ask
-# (without this each start waits on it), and JAX itself stays on the CPU.
-CHILD_ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1"}
+# (without this each start waits on it), and JAX itself stays on the CPU. libtpu
+# also takes a machine-wide lock file, which makes a second process fail while one
+# holds it; with no TPU to share, compiles may run side by side.
+CHILD_ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def libtpu_installed(python: str | None = None) -> bool:

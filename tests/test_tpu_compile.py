@@ -221,3 +221,17 @@ def test_tune_compiles_candidates_and_records_the_best(tmp_path, capsys):
     assert entry.shapes == {"m": 256, "n": 512}
     assert entry.estimated_cycles == min(trials.values())
     assert "tune.v6e written" in out
+
+
+def test_tune_candidates_are_aligned_and_stop_at_the_extent():
+    from codegen.tune import candidates, tunable_axes
+
+    bmm = build_source(SPECS / "bmm.yaml").plan
+    case = case_from_shapes(bmm, {"batch": 2, "m": 300, "n": 1024, "k": 4096})
+    assert tunable_axes(bmm) == ["m", "n", "k"]
+    assert candidates(bmm, case, "m") == [128, 256, 300]  # 300: one block over all of m
+    assert candidates(bmm, case, "n") == [128, 256, 512, 1024]
+    assert candidates(bmm, case, "k") == [128, 256, 512, 1024, 2048]
+    paged = build_source(SPECS / "paged_attention.yaml").plan
+    case = case_from_shapes(paged, {"b": 2, "kvh": 1, "g": 4, "d": 128, "pages": 12})
+    assert candidates(paged, case, "t") == [1, 2, 4]  # pages per block must divide the table's width

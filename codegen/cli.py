@@ -1,10 +1,11 @@
-"""The `codegen` command line: build, check, plan, verify, schema."""
+"""The `codegen` command line: build, check, plan, verify, estimate, tune, schema."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,18 @@ def _add_build_options(p: argparse.ArgumentParser, output: bool = True) -> None:
                        help="folder for generated modules (default: generated/)")
 
 
+def _add_compile_options(p: argparse.ArgumentParser, verify: bool = False) -> None:
+    if verify:
+        # Without --chip, verify compiles for the default chip only where libtpu is installed.
+        p.set_defaults(chip=None)
+    p.add_argument("--shape", dest="shapes", action="append", metavar="NAME=N", default=[],
+                   help="an axis size (or a jagged axis's max) to compile at (repeatable), e.g. --shape m=2048"
+                   + ("; compiled on top of the verify shapes" if verify else ""))
+    p.add_argument("--python", metavar="PATH", default=os.environ.get("CODEGEN_TPU_PYTHON"),
+                   help="interpreter whose jax and libtpu compile (default: $CODEGEN_TPU_PYTHON, else this one); e.g. a Python 3.12 "
+                   "environment with jax[tpu]==0.12.0, whose libtpu profiles v7x")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codegen",
@@ -61,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, metavar="SPEC")
     p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
     _add_build_options(p, output=False)
+    _add_compile_options(p, verify=True)
+
+    p = sub.add_parser("estimate", help="compile for a TPU chip and print the compiler's cost estimate")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+    _add_compile_options(p)
+    p.add_argument("--block", dest="blocks", action="append", metavar="NAME=N", default=[],
+                   help="a block size keyword of the entry point (repeatable), e.g. --block block_m=256")
+
+    p = sub.add_parser("tune", help="search block sizes by the compiler's estimate; record the winner in the spec")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+    _add_compile_options(p)
+    p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="print the winner; leave the spec as it is")
 
     sub.add_parser("schema", help="print the spec's JSON Schema")
     return parser
@@ -123,11 +151,79 @@ def _cmd_plan(args) -> int:
 
 def _cmd_verify(args) -> int:
     from codegen.build import build_source
+    from codegen.tpu_compile import libtpu_installed
+
+    chip = args.chip or DEFAULT_CHIP
+    built = build_source(args.spec, _overrides(args.defines), chip)
+    compile_for = args.chip or (DEFAULT_CHIP if libtpu_installed(args.python) else None)
+    if (args.chip or args.shapes) and not libtpu_installed(args.python):
+        print("verify --chip/--shape compiles with the TPU compiler, which is not installed: "
+              "pip install 'tpu-codegen[tpu]'", file=sys.stderr)
+        return EXIT_FAILED
+    extra = []
+    tuned = built.spec.tune.get(compile_for or "")
+    if tuned:  # the shapes the chip's default blocks were tuned at
+        from codegen.estimate import case_from_shapes
+
+        extra.append(case_from_shapes(built.plan, tuned.shapes, f"tune.{compile_for} shapes"))
+    if args.shapes:
+        from codegen.estimate import case_from_shapes, parse_shapes
+
+        extra.append(case_from_shapes(built.plan, parse_shapes(args.shapes), "--shape"))
+    from codegen.verify import compile_for_chip, verify_built  # imports jax: only here
+
+    ok = verify_built(built, seed=args.seed, log=print)
+    if compile_for:
+        ok &= compile_for_chip(built, compile_for, extra, log=print, python=args.python)
+    else:
+        print("compile for TPU: skipped, libtpu is not installed (pip install 'tpu-codegen[tpu]')")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _cmd_estimate(args) -> int:
+    from codegen.build import build_source
+    from codegen.estimate import case_from_shapes, format_estimate, parse_shapes
+    from codegen.tpu_compile import CompilerUnavailable, profile_kernel
 
     built = build_source(args.spec, _overrides(args.defines), args.chip)
-    from codegen.verify import verify_built  # imports jax: only here
+    case = case_from_shapes(built.plan, parse_shapes(args.shapes))
+    blocks = parse_shapes(args.blocks)
+    from codegen.verify import kernel_to_compile
 
-    return EXIT_OK if verify_built(built, seed=args.seed, log=print) else EXIT_FAILED
+    print(f"compiling {built.plan.ir.name} for {args.chip} with the compiler's profile on ...", file=sys.stderr, flush=True)
+    try:
+        result = profile_kernel(kernel_to_compile(built, case, blocks), args.chip, python=args.python)
+    except CompilerUnavailable as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(format_estimate(built, case, args.chip, result, blocks))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _cmd_tune(args) -> int:
+    from codegen.build import build_source
+    from codegen.estimate import parse_shapes
+    from codegen.tpu_compile import CompilerUnavailable
+    from codegen.tune import block_keyword, tune, write_tune_entry
+
+    built = build_source(args.spec, _overrides(args.defines), args.chip)
+    shapes = parse_shapes(args.shapes)
+    try:
+        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print)
+    except CompilerUnavailable as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    except (RuntimeError, ValueError) as err:
+        print(f"tune {built.plan.ir.name}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    shown = " ".join(f"{block_keyword(built.plan, a)}={v}" for a, v in tuned.blocks.items())
+    print(f"winner for {args.chip}: {shown} at {tuned.cycles:,} estimated cycles; "
+          f"{len(tuned.trials)} candidates compiled in {tuned.seconds:.0f}s")
+    if args.dry_run:
+        return EXIT_OK
+    write_tune_entry(args.spec, built, tuned)
+    print(f"{args.spec}: tune.{args.chip} written; run `codegen build {args.spec}`")
+    return EXIT_OK
 
 
 def _cmd_schema(args) -> int:
@@ -144,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "check": _cmd_check,
         "plan": _cmd_plan,
         "verify": _cmd_verify,
+        "estimate": _cmd_estimate,
+        "tune": _cmd_tune,
         "schema": _cmd_schema,
     }[args.command]
     try:

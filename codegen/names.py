@@ -13,7 +13,7 @@ IMPORTS = ("jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np")
 
 # Names local to the entry point or the kernel, whatever the spec.
 FIXED = (
-    "interpret", "grid", "kernel", "body", "compute", "step", "indices", "tile_valid", "tile_live",
+    "interpret", "grid", "kernel", "body", "compute", "step", "pipeline_step", "tile_valid", "tile_live",
     # the cost estimate
     "flops", "transcendentals", "bytes_accessed", "cost",
     # the paged lowering

@@ -152,6 +152,11 @@ class Plan:
         per = " x ".join(follows) if follows else "call"
         return f"fetched once per {per}, reused across {', '.join(inner)} steps"
 
+    def default_block(self, axis: str) -> int:
+        """The spec's `tune:` entry for the chip built for, else the planned block."""
+        tuned = self.ir.spec.tune.get(self.chip.name)
+        return tuned.blocks.get(axis, self.axes[axis].block) if tuned else self.axes[axis].block
+
     def why(self, subject: str, shapes: str) -> list[str]:
         """One-line comments for the `shapes` code that fired rules shaped: `rule: reason`."""
         kinds = {r.name: r.shapes for r in RULES}

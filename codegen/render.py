@@ -256,12 +256,14 @@ class Entry:
             call[at] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
+        if p.unit.asks_tpu_info:  # the kernel is traced for the TPU that _target_tpu names
+            call = ["with _target_tpu():"] + [f"    {line}" for line in call]
         return self.lines + call
 
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
         keywords = self.unbound_axes() + self.jagged_maxima()
-        keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
+        keywords += [f"block_{a}={self.plan.default_block(a)}" for a in self.blocked_axes()]
         keywords += [kw for kw, _ in self.plan.unit.signature_keywords(self.plan)]
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
@@ -310,7 +312,7 @@ def render(plan: Plan, spec_path: str) -> str:
     entry = Entry(plan)
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
-    stdlib = []
+    stdlib = ["import contextlib"] if plan.unit.asks_tpu_info else []
     if kernel.static_args:
         stdlib.append("import functools")
     if "math" in uses:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from codegen import names
+from codegen.chips import CHIPS
 from codegen.errors import Location, SpecError, did_you_mean
 from codegen.source import Node, load_yaml
 
@@ -69,6 +70,12 @@ AXIS_FIELDS = {
         fields=PAGED_FIELDS,
     ),
 }
+TUNE_FIELDS = {
+    "shapes": Field("sizes", "The sizes (axis or jagged max: N) the blocks were tuned at.", True),
+    "blocks": Field("sizes", "Block size per blocked axis (for a paged axis: pages per compute block).", True),
+    "estimated_cycles": Field("int", "The compiler's estimate for the winner at those shapes."),
+    "compiler": Field("string", "The compiler that made the estimate, e.g. libtpu 0.0.42.1."),
+}
 LOWERINGS = ("outer_pipeline", "grid")
 TENSOR_FIELDS = {
     "dims": Field("axis_list", "Axis names, major to minor.", required=True),
@@ -97,6 +104,11 @@ SCHEMA: dict[str, Field | Section] = {
         Field("string", ""),
     ),
     "rules": Section("Planner rules switched on or off by name.", Field("bool", "")),
+    "tune": Section(
+        "Per chip (v5e, v6e, v7x): the block sizes `codegen tune` chose; the build for that chip "
+        "makes them the entry point's defaults.",
+        TUNE_FIELDS,
+    ),
 }
 REQUIRED_SECTIONS = ("axes", "tensors", "compute")
 
@@ -116,6 +128,8 @@ def json_schema() -> dict:
             "axis_list": {"type": "array", "items": {"type": "string", "pattern": DIM.pattern}},
             "enum": {"enum": list(f.choices)},
             "mapping": entry_schema(f.fields) if f.fields else {},
+            "sizes": {"type": "object", "propertyNames": {"pattern": IDENTIFIER.pattern},
+                      "additionalProperties": {"type": "integer", "minimum": 1}},
         }[f.kind]
         return {**base, "description": f.doc} if f.doc else base
 
@@ -251,6 +265,16 @@ class RuleSwitch:
     loc: Location
 
 
+@dataclass(frozen=True)
+class TuneEntry:
+    chip: str
+    shapes: dict[str, int]
+    blocks: dict[str, int]
+    estimated_cycles: int | None
+    compiler: str
+    loc: Location
+
+
 @dataclass
 class Spec:
     name: str
@@ -267,6 +291,7 @@ class Spec:
     sha256: str
     name_loc: Location
     overrides: dict[str, object] = field(default_factory=dict)
+    tune: dict[str, TuneEntry] = field(default_factory=dict)
 
 
 # --- validation -------------------------------------------------------------
@@ -371,9 +396,20 @@ def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]
             out[key] = _dims(child, f"{what}.{key}")
         elif f.kind == "mapping":
             out[key] = _entry(child, f.fields, f"{what}.{key}")
+        elif f.kind == "sizes":
+            out[key] = _sizes(child, f"{what}.{key}")
         else:
             out[key] = _scalar_field(child, f, f"{what}.{key}")
         out[key + "_loc"] = child.loc
+    return out
+
+
+def _sizes(node: Node, what: str) -> dict[str, int]:
+    """A mapping of names to positive integers, e.g. {m: 2048, n: 2048}."""
+    out = {}
+    for key, child in _expect_mapping(node, what).items():
+        _identifier(key, node.key_locs[key], f"{what} name")
+        out[key] = _scalar_field(child, Field("int", ""), f"{what}.{key}")
     return out
 
 
@@ -499,6 +535,17 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
     for rname, (node, loc) in section("rules").items():
         rules[rname] = RuleSwitch(rname, _scalar_field(node, SCHEMA["rules"].entry, f"rules.{rname}"), loc)
 
+    tune: dict[str, TuneEntry] = {}
+    for chip, (node, loc) in section("tune").items():
+        if chip not in CHIPS:
+            raise SpecError(f"tune.{chip}: not a chip", loc, did_you_mean(chip, CHIPS) or f"chips: {', '.join(CHIPS)}")
+        e = _entry(node, TUNE_FIELDS, f"tune.{chip}")
+        for axis, block_loc in node.value["blocks"].key_locs.items():
+            if axis not in axes or (axes[axis].block is None):
+                raise SpecError(f"tune.{chip}.blocks: '{axis}' is not an axis with a block", block_loc,
+                                did_you_mean(axis, [a for a in axes if axes[a].block]))
+        tune[chip] = TuneEntry(chip, e["shapes"], e["blocks"], e.get("estimated_cycles"), e.get("compiler", ""), loc)
+
     lowering = _scalar_field(top["lowering"], SCHEMA["lowering"], "lowering") if "lowering" in top else None
     _check_names(params, axes, tensors, accumulators, compute)
     _check_jagged(axes, tensors)
@@ -526,6 +573,7 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         name_loc=top["name"].loc,
         overrides=dict(overrides or {}),
+        tune=tune,
     )
 
 

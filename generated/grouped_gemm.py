@@ -6,6 +6,7 @@
 and group g's rows are multiplied by rhs[g]. An empty group gives no rows; f32 results.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -49,6 +50,11 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
+def _grid_indices(step):
+    """The grid indices of an emit_pipeline step: jax 0.12 passes a pltpu.PipelineStep, 0.10 a tuple."""
+    return step if isinstance(step, tuple) else step.index
+
+
 def _check_input(name, x, shape, dtype):
     if tuple(x.shape) != shape or x.dtype != dtype:
         raise ValueError(
@@ -69,22 +75,23 @@ def _block_size(name, block, size, multiple):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    if interpret is False:
-        return False
-    if jax.devices()[0].platform == "cpu":
-        # emit_pipeline asks the backend which TPU it runs on; a CPU has no answer. jax 0.10
-        # keeps TPU facts in a registry by device kind: describe the CPU as a v5e core.
-        from jax._src.pallas.mosaic import tpu_info
-
-        kind = jax.devices()[0].device_kind
-        if not hasattr(tpu_info, "registry"):
-            raise NotImplementedError(
-                f"interpret mode on CPU needs jax 0.10's TPU info registry (jax {jax.__version__})"
-            )
-        tpu_info.registry.setdefault(
-            kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
-        )
     return pltpu.InterpretParams() if interpret is True else interpret
+
+
+def _target_tpu():
+    """A context that names the TPU to trace for, where none is the default device.
+
+    emit_pipeline reads TPU facts (tiling, VMEM) from the device it traces for. On a
+    CPU (interpret mode, or lowering for TPU from a CPU) there is none, so an abstract
+    mesh names a v5e core.
+    """
+    device = jax.config.jax_default_device or jax.devices()[0]
+    if getattr(device, "platform", device) == "tpu":
+        return contextlib.nullcontext()
+    v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
+    return jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+    )
 
 
 def _grouped_gemm_kernel(
@@ -107,8 +114,8 @@ def _grouped_gemm_kernel(
     num_t_tiles,
     n,
 ):
-    def body(indices, lhs_ref, rhs_ref, out_ref):
-        g_index, n_index, t_index, k_index = indices
+    def body(pipeline_step, lhs_ref, rhs_ref, out_ref):
+        g_index, n_index, t_index, k_index = _grid_indices(pipeline_step)
         t_size = group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]
         tile_valid = t_index * block_t < t_size  # a tile past its segment's end does no work
 
@@ -224,19 +231,20 @@ def grouped_gemm(
     cost = pl.CostEstimate(
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
-    return pl.pallas_call(
-        kernel,
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=1,
-            grid=(1,),
-            in_specs=[pl.BlockSpec(memory_space=pl.ANY), pl.BlockSpec(memory_space=pl.ANY)],
-            out_specs=pl.BlockSpec(memory_space=pl.ANY),
-            scratch_shapes=[
-                pltpu.VMEM((block_t, block_n), jnp.float32),  # out_acc_ref
-            ],
-        ),
-        out_shape=jax.ShapeDtypeStruct((t, n), jnp.float32),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
-        cost_estimate=cost,
-        interpret=_interpret_mode(interpret),
-    )(group_offsets, lhs, rhs)
+    with _target_tpu():
+        return pl.pallas_call(
+            kernel,
+            grid_spec=pltpu.PrefetchScalarGridSpec(
+                num_scalar_prefetch=1,
+                grid=(1,),
+                in_specs=[pl.BlockSpec(memory_space=pl.ANY), pl.BlockSpec(memory_space=pl.ANY)],
+                out_specs=pl.BlockSpec(memory_space=pl.ANY),
+                scratch_shapes=[
+                    pltpu.VMEM((block_t, block_n), jnp.float32),  # out_acc_ref
+                ],
+            ),
+            out_shape=jax.ShapeDtypeStruct((t, n), jnp.float32),
+            compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
+            cost_estimate=cost,
+            interpret=_interpret_mode(interpret),
+        )(group_offsets, lhs, rhs)

@@ -116,7 +116,8 @@ class PagedWalk(Lowering):
 
     def signature_keywords(self, plan):
         return [
-            (f"pages_per_compute_block={a.block}", f"pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
+            (f"pages_per_compute_block={plan.default_block(a.name)}",
+             f"pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
             for a in plan.axes.values() if a.mode == "paged"
         ]
 

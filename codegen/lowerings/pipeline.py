@@ -55,7 +55,8 @@ class _Pipeline(Lowering):
         lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
         body = []
         names = [f"{a}_index" for a in plan.pipeline_grid]
-        body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = indices")
+        body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = _grid_indices(pipeline_step)")
+        p.uses.add("grid_indices")
 
         # Tiles past a segment's end are launched (the grid is static) but skip their work.
         parallel_checks = []
@@ -97,7 +98,7 @@ class _Pipeline(Lowering):
 
         piped = [op for op in plan.inputs if op.memory != "any"]
         refs = [op.ref for op in piped] + [op.ref for op in plan.outputs]
-        lines += [f"def body(indices, {', '.join(refs)}):"] + indent(body) + [""]
+        lines += [f"def body(pipeline_step, {', '.join(refs)}):"] + indent(body) + [""]
         grid = []
         for a in plan.pipeline_grid:
             grid.append(p.need(tile_count(a)) if plan.axes[a].blocked else p.need(a))

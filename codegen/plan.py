@@ -90,6 +90,8 @@ class Plan:
     semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
     mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
+    # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).
+    unit_major: list[str] = field(default_factory=list)
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
     accumulator_layouts: dict[str, Layout] = field(default_factory=dict)
@@ -105,6 +107,11 @@ class Plan:
         self.inputs.append(Operand(tensor, f"{tensor}_ref", "any", alias_output=index))
 
     # -- queries
+    def kernel_dims(self, tensor: str) -> list[str]:
+        """The dims of `tensor` as the kernel's array has them: "1" for an inserted unit dim."""
+        dims = list(self.ir.tensors[tensor].dims)
+        return dims[:-1] + ["1"] + dims[-1:] if tensor in self.unit_major else dims
+
     def block_dims(self, dims: tuple[str, ...]) -> tuple[str, ...]:
         """The dims of `dims` that a kernel block holds (squeezed grid axes drop out)."""
         return tuple(d for d in dims if self.axes[d].mode not in ("squeezed", "segment"))
@@ -622,6 +629,7 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
 
     for rule in RULES:
         plan.decisions.extend(rule.apply(plan, enabled[rule.name]))
+    unit.finish(plan)
     for op in plan.inputs:
         if op.memory == "blocked" and not plan.index_axes(op.tensor):
             op.buffers = 1  # the same block at every grid step: fetched once, resident in VMEM

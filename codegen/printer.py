@@ -107,6 +107,22 @@ def extent_text(plan: Plan, axis: str, printer=None) -> str:
     return f"({j.offsets}_ref[{j.segment}_index + 1] - {j.offsets}_ref[{j.segment}_index])"
 
 
+def tile_bounds(plan: Plan, axes, start, need, index=lambda a: f"{a}_index") -> dict[str, tuple[str, str]]:
+    """The first and last position of the current tile along each of `axes`, as code, for
+    bounding a mask over the tile: `start(axis)` prints where a blocked axis's tile starts."""
+    bounds = {}
+    for a in axes:
+        mode = plan.axes[a].mode
+        if mode in ("squeezed", "segment"):
+            bounds[a] = (index(a), index(a))
+        elif mode == "full":
+            bounds[a] = ("0", f"{need(a)} - 1")
+        else:
+            first = start(a)
+            bounds[a] = (first, f"{first} + {need('block_' + a)} - 1")
+    return bounds
+
+
 def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     """The ordered axis's block index in an index map, clamped to the tiles `mask_skip`
     leaves live, so that a skipped tile repeats a live block and the pipeline fetches
@@ -116,18 +132,8 @@ def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     if skip is None:
         return None
     need = printer.need if printer else (lambda name: name)
-    bounds = {}
-    for a in skip.axes:
-        if a == skip.axis:
-            continue
-        mode = plan.axes[a].mode
-        if mode in ("squeezed", "segment"):
-            bounds[a] = (f"{a}_index", f"{a}_index")
-        elif mode == "full":
-            bounds[a] = ("0", f"{need(a)} - 1")
-        else:
-            block = need(f"block_{a}")
-            bounds[a] = (f"{a}_index * {block}", f"{a}_index * {block} + {block} - 1")
+    others = [a for a in skip.axes if a != skip.axis]
+    bounds = tile_bounds(plan, others, lambda a: f"{a}_index * {need('block_' + a)}", need)
 
     def value(term):
         kind, name = term
@@ -176,6 +182,9 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = Non
         else:
             shape.append(d)
             index.append("0")
+    if op.tensor in plan.unit_major:  # the unit dim inserted before the last one
+        shape.insert(len(shape) - 1, "1")
+        index.insert(len(index) - 1, "0")
     maps.helpers |= {h for h in ("bounded_tile", "jagged_tile") if any(f"_{h}(" in i for i in index)}
     returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
@@ -465,12 +474,18 @@ class KernelPrinter:
             if tensor in self.plan.mask_at_load:
                 axis, fill = self.plan.mask_at_load[tensor]
                 layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
-                call = self.mask_call(f"{ref}[...]", axis, self.position(layout, axis), fill, sec)
+                call = self.mask_call(self.read_ref(tensor, ref), axis, self.position(layout, axis), fill, sec)
                 sec.masked_loads.append(f"{tensor} = {call}")
             else:
-                sec.loads.append(f"{tensor} = {ref}[...]")
+                sec.loads.append(f"{tensor} = {self.read_ref(tensor, ref)}")
             sec.loaded.add(tensor)
         return tensor
+
+    def read_ref(self, tensor: str, ref: str) -> str:
+        """A block read whole, without the unit dim a jagged tensor is passed with."""
+        if tensor in self.plan.unit_major:
+            return f"{ref}[...].reshape({ref}.shape[:-2] + {ref}.shape[-1:])"
+        return f"{ref}[...]"
 
     def output_ref(self, tensor: str) -> str:
         op = next(op for op in self.plan.outputs if op.tensor == tensor)
@@ -514,7 +529,10 @@ class KernelPrinter:
             if v.dtype != self.k.tensors[st.name].dtype:
                 text = f"{self.paren(text, prec, ATOM)}.astype({self.output_ref(st.name)}.dtype)"
             text = self.transposed(text, st)
-            sec.lines.append(f"{self.output_ref(st.name)}[...] = {text}")
+            ref = self.output_ref(st.name)
+            if st.name in self.plan.unit_major:  # the block keeps the unit dim it is passed with
+                text = f"({text}).reshape({ref}.shape)"
+            sec.lines.append(f"{ref}[...] = {text}")
         else:
             self.update(st, sec)
 
@@ -583,17 +601,11 @@ class KernelPrinter:
     def live_condition(self, sec: Section) -> str:
         """Code that is true when this tile of the ordered axis is not masked out entirely."""
         skip = self.plan.mask_skip
-        bounds = {}
-        for a in skip.axes:
-            mode = self.plan.axes[a].mode
-            if mode in ("squeezed", "segment"):
-                index = self.grid_index(a, sec)
-                bounds[a] = (index, index)
-            elif mode == "full":
-                bounds[a] = ("0", f"{self.need(a)} - 1")
-            else:
-                start = self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec)
-                bounds[a] = (start, f"{start} + {self.need('block_' + a)} - 1")
+        bounds = tile_bounds(
+            self.plan, skip.axes,
+            lambda a: self.tile_start(sec, a) if a == self.ordered else self.block_start(a, sec),
+            self.need, lambda a: self.grid_index(a, sec),
+        )
         return masks.live_text(skip.condition, bounds, lambda t: self.mask_value(t, sec))
 
     # -- labels of kernel refs

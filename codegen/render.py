@@ -82,7 +82,8 @@ class Entry:
         return _tuple(self.caller_dims(t))
 
     def kernel_shape(self, t: ir.TensorInfo) -> str:
-        return _tuple(list(t.dims))
+        """The shape of `t` as the kernel takes it: fused dims split, a unit dim where planned."""
+        return _tuple(self.plan.kernel_dims(t.name))
 
     def bind_shapes(self) -> None:
         fused: dict[str, tuple[str, ...]] = {}
@@ -131,6 +132,8 @@ class Entry:
         for t in self.k.inputs:
             if t.fused and any(len(g) > 1 for g in t.fused):
                 self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # its fused dims, split")
+            elif t.name in self.plan.unit_major:
+                self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # its jagged rows as a major dim")
 
     def unbound_axes(self) -> list[str]:
         needed = {d for t in self.k.tensors.values() for d in t.dims}
@@ -249,8 +252,11 @@ class Entry:
             kernel_name = kernel.name
         self.lines += self.cost()
         call = p.unit.pallas_call(self, kernel_name)
-        fused_outputs = [op for op in p.outputs if any(len(g) > 1 for g in k.tensors[op.tensor].fused)]
-        if fused_outputs:  # outputs come back with their fused dims split: join them again
+        fused_outputs = [
+            op for op in p.outputs
+            if any(len(g) > 1 for g in k.tensors[op.tensor].fused) or op.tensor in p.unit_major
+        ]
+        if fused_outputs:  # outputs come back in the kernel's shape: the caller's again
             names = [op.tensor for op in p.outputs]
             at = next(i for i, line in enumerate(call) if line == "return pl.pallas_call(")
             call[at] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("

@@ -126,7 +126,7 @@ def _grouped_gemm_kernel(
         k_start = k_index * block_k
 
         def step():
-            lhs = lhs_ref[...]
+            lhs = lhs_ref[...].reshape(lhs_ref.shape[:-2] + lhs_ref.shape[-1:])
             rhs = rhs_ref[...]
             lhs_masked = _mask_tail(lhs, axis=1, start=k_start, size=k, fill=0.0)
             rhs_masked = _mask_tail(rhs, axis=0, start=k_start, size=k, fill=0.0)
@@ -136,11 +136,12 @@ def _grouped_gemm_kernel(
 
         @pl.when(tile_valid & (k_index == num_k_tiles - 1))
         def _finalize():
-            out_ref[...] = out_acc_ref[...]
+            out_ref[...] = (out_acc_ref[...]).reshape(out_ref.shape)
 
     def lhs_index_map(g_index, n_index, t_index, k_index):
         return (
             _jagged_tile(group_offsets_ref, g_index, t_index, block_t),
+            0,
             _bounded_tile(k_index, block_k, k),
         )
 
@@ -150,6 +151,7 @@ def _grouped_gemm_kernel(
     def out_index_map(g_index, n_index, t_index, k_index):
         return (
             _jagged_tile(group_offsets_ref, g_index, t_index, block_t),
+            0,
             _bounded_tile(n_index, block_n, n),
         )
 
@@ -158,12 +160,12 @@ def _grouped_gemm_kernel(
         body,
         grid=(g, num_n_tiles, num_t_tiles, num_k_tiles),
         in_specs=[
-            pl.BlockSpec((pl.BoundedSlice(block_t), pl.BoundedSlice(block_k)), lhs_index_map),
+            pl.BlockSpec((pl.BoundedSlice(block_t), 1, pl.BoundedSlice(block_k)), lhs_index_map),
             pl.BlockSpec((None, pl.BoundedSlice(block_k), pl.BoundedSlice(block_n)), rhs_index_map),
         ],
         out_specs=[
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
-            pl.BlockSpec((pl.BoundedSlice(block_t), pl.BoundedSlice(block_n)), out_index_map),
+            pl.BlockSpec((pl.BoundedSlice(block_t), 1, pl.BoundedSlice(block_n)), out_index_map),
         ],
         dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL, pltpu.PARALLEL, pltpu.ARBITRARY),
         _explicit_indices=True,
@@ -203,6 +205,7 @@ def grouped_gemm(
     _check_input("lhs", lhs, (t, k), jnp.bfloat16)
     _check_input("rhs", rhs, (g, k, n), jnp.bfloat16)
     _check_input("group_offsets", group_offsets, (g + 1,), jnp.int32)
+    lhs = lhs.reshape(t, 1, k)  # its jagged rows as a major dim
     block_n = _block_size("block_n", block_n, n, 128)
     block_t = _block_size("block_t", block_t, pl.cdiv(max_group_size, 16) * 16, 16)
     block_k = _block_size("block_k", block_k, k, 128)
@@ -232,7 +235,7 @@ def grouped_gemm(
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     with _target_tpu():
-        return pl.pallas_call(
+        out = pl.pallas_call(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(
                 num_scalar_prefetch=1,
@@ -243,8 +246,9 @@ def grouped_gemm(
                     pltpu.VMEM((block_t, block_n), jnp.float32),  # out_acc_ref
                 ],
             ),
-            out_shape=jax.ShapeDtypeStruct((t, n), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct((t, 1, n), jnp.float32),
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
         )(group_offsets, lhs, rhs)
+        return out.reshape(t, n)

@@ -103,27 +103,27 @@ def _jagged_softmax_kernel(
         tile_valid = t_index * block_t < t_size  # a tile past its segment's end does no work
 
         def compute():
-            x = x_ref[...]
+            x = x_ref[...].reshape(x_ref.shape[:-2] + x_ref.shape[-1:])
             t_start = t_index * block_t
             x_masked = _mask_tail(x, axis=0, start=t_start, size=t_size, fill=-jnp.inf)
             row_max = jnp.max(x_masked, axis=0, keepdims=True)
             e = jnp.exp(x - row_max)
             e_masked = _mask_tail(e, axis=0, start=t_start, size=t_size, fill=0.0)
-            out_ref[...] = e / jnp.sum(e_masked, axis=0, keepdims=True)
+            out_ref[...] = (e / jnp.sum(e_masked, axis=0, keepdims=True)).reshape(out_ref.shape)
 
         lax.cond(tile_valid, compute, lambda: None)
 
     def x_out_index_map(b_index, t_index):
-        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0)
+        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0, 0)
 
     # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(
         body,
         grid=(b, num_t_tiles),
-        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), h), x_out_index_map)],
+        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), 1, h), x_out_index_map)],
         out_specs=[
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
-            pl.BlockSpec((pl.BoundedSlice(block_t), h), x_out_index_map),
+            pl.BlockSpec((pl.BoundedSlice(block_t), 1, h), x_out_index_map),
         ],
         dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL),
         _explicit_indices=True,
@@ -149,6 +149,7 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, interpret=False):
     b = offsets.shape[0] - 1
     _check_input("x", x, (t, h), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
+    x = x.reshape(t, 1, h)  # its jagged rows as a major dim
     if max_seq_len > block_t:
         raise ValueError(
             f"max_seq_len={max_seq_len}: each segment of t is held whole in one tile, so it must be at most block_t={block_t}"
@@ -169,7 +170,7 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, interpret=False):
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     with _target_tpu():
-        return pl.pallas_call(
+        out = pl.pallas_call(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(
                 num_scalar_prefetch=1,
@@ -177,8 +178,9 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, interpret=False):
                 in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
                 out_specs=pl.BlockSpec(memory_space=pl.ANY),
             ),
-            out_shape=jax.ShapeDtypeStruct((t, h), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct((t, 1, h), jnp.float32),
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
         )(offsets, x)
+        return out.reshape(t, h)

@@ -109,7 +109,7 @@ def _segment_mean_kernel(
         t_size = offsets_ref[b_index + 1] - offsets_ref[b_index]
 
         def step():
-            x = x_ref[...]
+            x = x_ref[...].reshape(x_ref.shape[:-2] + x_ref.shape[-1:])
             x_masked = _mask_tail(x, axis=0, start=t_start, size=t_size, fill=0.0)
             out_acc_ref[...] += jnp.sum(x_masked, axis=0, keepdims=True)
 
@@ -121,7 +121,7 @@ def _segment_mean_kernel(
             out_ref[...] = jnp.squeeze(out_acc_ref[...] / jnp.maximum(t_size, 1), axis=0)
 
     def x_index_map(b_index, t_index):
-        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0)
+        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0, 0)
 
     def out_index_map(b_index, t_index):
         return (b_index, 0)
@@ -130,7 +130,7 @@ def _segment_mean_kernel(
     pltpu.emit_pipeline(
         body,
         grid=(b, num_t_tiles),
-        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), d), x_index_map)],
+        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), 1, d), x_index_map)],
         out_specs=[
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
             pl.BlockSpec((None, d), out_index_map),
@@ -158,9 +158,10 @@ def segment_mean(x, offsets, *, max_seq_len, block_t=256, interpret=False):
     b = offsets.shape[0] - 1
     _check_input("x", x, (t, d), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
+    x = x.reshape(t, 1, d)  # its jagged rows as a major dim
     block_t = _block_size("block_t", block_t, pl.cdiv(max_seq_len, 8) * 8, 8)
     if t == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
-        x = jnp.zeros((1, d), jnp.float32)
+        x = jnp.zeros((1, 1, d), jnp.float32)
     num_t_tiles = pl.cdiv(max_seq_len, block_t)
     kernel = functools.partial(
         _segment_mean_kernel, block_t=block_t, num_t_tiles=num_t_tiles, b=b, d=d

@@ -51,6 +51,9 @@ class Lowering:
         """Parameters an index map takes after the grid indices (scalar-prefetch refs)."""
         return []
 
+    def finish(self, plan: "Plan") -> None:
+        """Decisions of this lowering's own, once the rest of the plan is made."""
+
     # -- printing
     def kernel(self, plan: "Plan") -> "KernelSource":
         raise NotImplementedError
@@ -146,5 +149,5 @@ def empty_totals(entry: "Entry") -> None:
             continue
         entry.lines.append(f"if {a} == 0:  # no rows in any segment: the offsets keep every read off this stand-in row")
         for t in padded:
-            shape = tuple_text(["1" if d == a else d for d in t.dims])
+            shape = tuple_text(["1" if d == a else d for d in entry.plan.kernel_dims(t.name)])
             entry.lines.append(f"    {t.name} = jnp.zeros({shape}, {entry.dtype(t)})")

@@ -8,7 +8,18 @@ VMEM slots, while the other slot's block is computed on (seed 003).
 from __future__ import annotations
 
 from codegen.lowerings.base import Lowering, call_tail, empty_totals, one_or_list, scratch_lines, spec_lines
-from codegen.printer import IndexMaps, KernelPrinter, KernelSource, RefGroup, Section, block_spec, def_block, indent, tuple_text
+from codegen.printer import (
+    IndexMaps,
+    KernelPrinter,
+    KernelSource,
+    RefGroup,
+    Section,
+    block_spec,
+    def_block,
+    indent,
+    tile_bounds,
+    tuple_text,
+)
 
 
 class PagedWalk(Lowering):
@@ -363,18 +374,8 @@ def _masked_last_block(plan, p: KernelPrinter, sec: Section) -> str:
     from codegen import masks
 
     skip = plan.mask_skip
-    bounds = {}
-    for a in skip.axes:
-        if a == skip.axis:
-            continue
-        mode = plan.axes[a].mode
-        if mode in ("squeezed", "segment"):
-            bounds[a] = (f"{a}_index", f"{a}_index")
-        elif mode == "full":
-            bounds[a] = ("0", f"{p.need(a)} - 1")
-        else:
-            start = p.block_start(a, sec)
-            bounds[a] = (start, f"{start} + {p.need('block_' + a)} - 1")
+    others = [a for a in skip.axes if a != skip.axis]
+    bounds = tile_bounds(plan, others, lambda a: p.block_start(a, sec), p.need)
     _, lasts = masks.clamp_range(skip.condition, skip.axis, f"block_{skip.axis}", bounds, lambda term: p.mask_value(term, sec))
     text = f"num_{skip.axis}_blocks - 1"
     for last in lasts:

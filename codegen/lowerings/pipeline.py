@@ -48,6 +48,14 @@ class _Pipeline(Lowering):
     def block_grid(self, plan):
         return plan.pipeline_grid
 
+    def finish(self, plan):
+        # Mosaic slices a tensor's last two dims only at offsets aligned to its (8, 128) tiles,
+        # and a segment's rows start anywhere: a tensor whose rows are its second-to-last dim
+        # is passed as [..., rows, 1, last], which makes the rows a major dim.
+        for t in plan.ir.tensors.values():
+            if not t.scalar and len(t.dims) >= 2 and plan.axes[t.dims[-2]].mode == "jagged":
+                plan.unit_major.append(t.name)
+
     # -- the kernel
     def kernel(self, plan):
         k, ordered = plan.ir, plan.ir.ordered_axis
@@ -176,6 +184,12 @@ class _Pipeline(Lowering):
             out.append(
                 f"loop: '{k.ordered_axis}' is walked in order, last in the pipeline grid; "
                 "accumulators init on its first step, finalize on its last"
+            )
+        for name in plan.unit_major:
+            dims = list(k.tensors[name].dims)
+            out.append(
+                f"layout: {name} is passed as [{', '.join(dims[:-1] + ['1'] + dims[-1:])}]: its jagged rows start at any "
+                "offset, and Mosaic slices the last two dims only at offsets aligned to their tiles"
             )
         return out
 

@@ -474,7 +474,14 @@ class KernelPrinter:
             if tensor in self.plan.mask_at_load:
                 axis, fill = self.plan.mask_at_load[tensor]
                 layout = tuple((d, False) for d in self.plan.block_dims(self.k.tensors[tensor].dims))
-                call = self.mask_call(self.read_ref(tensor, ref), axis, self.position(layout, axis), fill, sec)
+                position = self.position(layout, axis)
+                if tensor in self.plan.unit_major:
+                    # masked as read, with its unit dim: Mosaic cannot select on the merged block
+                    position += position == len(layout) - 1
+                    merged = f"{ref}.shape[:-2] + {ref}.shape[-1:]"
+                    call = f"{self.mask_call(f'{ref}[...]', axis, position, fill, sec)}.reshape({merged})"
+                else:
+                    call = self.mask_call(self.read_ref(tensor, ref), axis, position, fill, sec)
                 sec.masked_loads.append(f"{tensor} = {call}")
             else:
                 sec.loads.append(f"{tensor} = {self.read_ref(tensor, ref)}")

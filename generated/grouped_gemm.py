@@ -126,11 +126,12 @@ def _grouped_gemm_kernel(
         k_start = k_index * block_k
 
         def step():
-            lhs = lhs_ref[...].reshape(lhs_ref.shape[:-2] + lhs_ref.shape[-1:])
             rhs = rhs_ref[...]
-            lhs_masked = _mask_tail(lhs, axis=1, start=k_start, size=k, fill=0.0)
+            lhs = _mask_tail(lhs_ref[...], axis=2, start=k_start, size=k, fill=0.0).reshape(
+                lhs_ref.shape[:-2] + lhs_ref.shape[-1:]
+            )
             rhs_masked = _mask_tail(rhs, axis=0, start=k_start, size=k, fill=0.0)
-            out_acc_ref[...] += jnp.dot(lhs_masked, rhs_masked, preferred_element_type=jnp.float32)
+            out_acc_ref[...] += jnp.dot(lhs, rhs_masked, preferred_element_type=jnp.float32)
 
         lax.cond(tile_valid, step, lambda: None)
 

@@ -447,3 +447,15 @@ def test_a_rank_one_block_follows_the_tpu_rule_for_rank_one_blocks(tmp_path, cap
     assert "block 384 of axis 'n' breaks TPU tiling for 'col', a rank-1 float32 block" in err
     assert "k.yaml:4:" in err
     build(tmp_path, BROADCAST.replace("n: {block: 128}", "n: {block: 2048}"))  # a multiple of 1024: fine
+
+
+def test_verify_takes_a_max_over_an_empty_segment_as_exact(tmp_path):
+    """max over an empty segment is -inf in the kernel and the reference alike."""
+    from codegen.verify import max_error, verify_built
+
+    text = JAGGED_ROWS.replace("out: {dims: [b]", "out: {dims: [b, d]").replace(
+        "out: sum(sum(x, over=d), over=t)", "out: max(x, over=t)")
+    built, _ = build(tmp_path, text)
+    assert verify_built(built, log=lambda *_: None)
+    assert max_error(np.array([-np.inf, 1.0]), np.array([-np.inf, 2.0])) == 0.5
+    assert max_error(np.array([0.0, 1.0]), np.array([-np.inf, 1.0])) == np.inf

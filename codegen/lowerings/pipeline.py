@@ -55,6 +55,16 @@ class _Pipeline(Lowering):
         for t in plan.ir.tensors.values():
             if not t.scalar and len(t.dims) >= 2 and plan.axes[t.dims[-2]].mode == "jagged":
                 plan.unit_major.append(t.name)
+        # Such an input is masked as it is read, in its own shape: Mosaic cannot select on the
+        # block once the unit dim is merged away.
+        ragged = plan.ragged_axes
+        for op in plan.inputs:
+            dims = plan.ir.tensors[op.tensor].dims
+            masked = [d for d in dims if d in ragged and plan.axes[d].mode != "jagged"]
+            if op.tensor in plan.unit_major and masked and op.tensor not in plan.mask_at_load:
+                fills = _fills(plan.ir, op.tensor, masked[0])
+                if len(fills) == 1:  # every reduction reading it wants the same identity
+                    plan.mask_at_load[op.tensor] = (masked[0], fills.pop())
 
     # -- the kernel
     def kernel(self, plan):
@@ -226,3 +236,19 @@ class SegmentGrid(_Pipeline):
     def arrange(self, grid, axes):
         segments = [a for a in grid if axes[a].mode == "segment"]
         return segments, pipeline_order([a for a in grid if a not in segments], axes)
+
+
+def _fills(k, tensor: str, axis: str) -> set[float]:
+    """The identities of the reductions over `axis` that read `tensor` directly."""
+    from codegen import ir
+
+    fills = set()
+    for st in k.statements:
+        for v in ir.walk(st.value):
+            if isinstance(v, ir.Reduce) and v.axis == axis and isinstance(v.operand, ir.Load) and v.operand.tensor == tensor:
+                fills.add(ir.REDUCTIONS[v.kind])
+            elif isinstance(v, ir.Dot) and v.axis == axis and any(
+                isinstance(x, ir.Load) and x.tensor == tensor for x in (v.lhs, v.rhs)
+            ):
+                fills.add(0.0)
+    return fills

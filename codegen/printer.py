@@ -480,7 +480,7 @@ def _pipeline_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
             if plan.axes[d].mode == "full":
                 p.need(d)
     semantics = ", ".join("pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid)
-    hbm = [op.ref.replace("_ref", "_hbm_ref") for op in piped_inputs + plan.outputs]
+    hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped_inputs + plan.outputs]
     lines += [
         "pltpu.emit_pipeline(",
         "    body,",
@@ -648,7 +648,7 @@ def print_kernel(plan: Plan) -> KernelSource:
         lines = _grid_kernel(plan, p)
     else:
         refs = [f"{t.name}_ref" for t in k.scalars]
-        refs += [op.ref.replace("_ref", "_hbm_ref") for op in plan.inputs + plan.outputs]
+        refs += [op.ref.removesuffix("_ref") + "_hbm_ref" for op in plan.inputs + plan.outputs]
         lines = _pipeline_kernel(plan, p)
     refs += [f"{name}_ref" for name in k.accumulators]
     return KernelSource(f"_{k.name}_kernel", refs, p.static_args, lines, p.uses)

@@ -160,7 +160,8 @@ class _Entry:
         for d in dims:
             paged = self.k.axes[d].paged
             if paged:  # counted at every sequence's full table width: an upper bound
-                out += ["pages", "page_size"] + ([paged.segment] if paged.segment not in dims else [])
+                width = self.k.tensors[paged.table].dims[1]  # the block table's width: pages per sequence
+                out += [width, "page_size"] + ([paged.segment] if paged.segment not in dims else [])
         out += [d for d in dims if not self.k.axes[d].segment and not self.k.axes[d].paged and d not in seen_segments]
         return tuple(sorted(out))
 
@@ -376,7 +377,7 @@ def build_options(chip: str, overrides: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def render(plan: Plan, spec_path: str) -> str:
+def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> str:
     k = plan.ir
     kernel = print_kernel(plan)
     entry = _Entry(plan)
@@ -405,6 +406,7 @@ def render(plan: Plan, spec_path: str) -> str:
         spec_path=spec_path,
         spec_sha256=k.spec.sha256,
         build_options=build_options(plan.chip.name, k.spec.overrides),
+        rebuild_command=rebuild_command or f"codegen build {spec_path}",
         docstring=docstring(module_doc),
         imports=imports,
         constants=constants,

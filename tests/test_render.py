@@ -69,10 +69,10 @@ def test_two_builds_in_different_directories_give_identical_bytes(tmp_path):
             shutil.copy(SPECS / f"{name}.yaml", project / "specs")
         env = dict(os.environ, PYTHONHASHSEED=seed)
         subprocess.run(
-            [sys.executable, "-m", "codegen", "build", *[f"specs/{n}.yaml" for n in KERNELS], "-o", "out"],
+            [sys.executable, "-m", "codegen", "build", *[f"specs/{n}.yaml" for n in KERNELS], "-o", "generated"],
             cwd=project, env=env, check=True, capture_output=True,
         )
-        outputs.append({n: (project / "out" / f"{n}.py").read_bytes() for n in KERNELS})
+        outputs.append({n: (project / "generated" / f"{n}.py").read_bytes() for n in KERNELS})
     assert outputs[0] == outputs[1]
     # and they are the files checked in
     assert outputs[0] == {n: (GENERATED / f"{n}.py").read_bytes() for n in KERNELS}

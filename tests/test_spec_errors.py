@@ -91,7 +91,7 @@ def test_malformed_spec(tmp_path, capsys, text, pattern, line, col):
     assert "Traceback" not in captured.err
     message = captured.err.strip()
     assert re.search(pattern, message, re.S), message
-    assert message.startswith(f"k.yaml:{line}:{col}: error: "), message
+    assert message.startswith(f"{spec}:{line}:{col}: error: "), message
     assert not out_dir.exists(), "nothing may be written on failure"
 
 

@@ -409,7 +409,7 @@ def _def(name: str, body: list[str], decorator: str | None = None) -> list[str]:
 
 
 def _grid_kernel(plan: Plan, p: KernelPrinter) -> list[str]:
-    k, ordered = plan.ir, plan.ir.ordered_axis
+    ordered = plan.ir.ordered_axis
     if ordered is None:
         return p.section("step")
     index = plan.grid_position(ordered)
@@ -531,7 +531,7 @@ def _paged_kernel(plan: Plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
-        "        def _():",
+        "        def _(page=page):  # pl.when runs it at once; the default binds this iteration's page",
         f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
@@ -547,7 +547,7 @@ def _paged_kernel(plan: Plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
-        "        def _():",
+        "        def _(page=page):",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
     for op in paged_ops:

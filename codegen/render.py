@@ -13,7 +13,9 @@ from codegen.errors import SpecError
 from codegen.plan import Plan
 from codegen.printer import JNP_DTYPE, block_spec, literal, param_constant, print_kernel
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# In the source tree the templates sit beside the package; installed, inside it.
+_HERE = Path(__file__).resolve().parent
+TEMPLATES = next((p for p in (_HERE / "templates", _HERE.parent / "templates") if p.is_dir()), _HERE.parent / "templates")
 
 
 def _environment() -> jinja2.Environment:
@@ -227,6 +229,10 @@ class _Entry:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
+        checks = self.debug_checks()
+        if checks:
+            self.lines += ["if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify"]
+            self.lines += [f"    {c}" for c in checks]
         if p.lowering != "pallas_grid":
             self.empty_totals()
         self.block_sizes()
@@ -312,7 +318,39 @@ class _Entry:
             call[0] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
+        # No backward kernel exists: differentiating raises a clear error instead of failing inside Pallas.
+        guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
+        call.insert(0, f'{guarded} = _forward_only("{k.name}", {", ".join(args)})')
         return self.lines + call
+
+    def debug_checks(self) -> list[str]:
+        """Checks of input values (not shapes) that would otherwise give NaNs or garbage."""
+        out = []
+        for a in self.k.axes.values():
+            if a.jagged:
+                out.append(f'_check_offsets("{a.jagged.offsets}", {a.jagged.offsets}, {a.name}, "{a.jagged.max}", {a.jagged.max})')
+            if a.paged:
+                out.append(f'_check_pages("{a.paged.lengths}", {a.paged.lengths}, "{a.paged.table}", {a.paged.table}, num_pages, page_size)')
+        return out
+
+    def debug_doc(self) -> str:
+        what = []
+        for a in self.k.axes.values():
+            if a.jagged:
+                what.append(
+                    f"{a.jagged.offsets} starts at 0, never decreases and ends at the row count, "
+                    f"and no segment is longer than {a.jagged.max}"
+                )
+            if a.paged:
+                what.append(
+                    f"every {a.paged.lengths} fits its row of {a.paged.table}, and every page id it uses "
+                    "names a page"
+                )
+        return (
+            f"debug: True to check that {'; '.join(what)} (wrong values give NaNs or garbage, not errors). "
+            "Eager calls raise at once; under jax.jit, pass debug=True statically and wrap the "
+            "function in jax.experimental.checkify.checkify, then call .throw() on the error it returns."
+        )
 
     def paged_scratch(self) -> list[str]:
         p, k = self.plan, self.k
@@ -321,7 +359,7 @@ class _Entry:
         for op in paged:
             t = k.tensors[op.tensor]
             axis = next(d for d in t.dims if p.axes[d].mode == "paged")
-            rows = [f"pages_per_compute_block * page_size"] + list(t.dims[t.dims.index(axis) + 1:])
+            rows = ["pages_per_compute_block * page_size"] + list(t.dims[t.dims.index(axis) + 1:])
             out.append(f"pltpu.VMEM({_tuple([str(p.paged_slots)] + rows)}, {JNP_DTYPE[t.dtype]})")
         sems = "pltpu.SemaphoreType.DMA((2,))" if p.paged_prefetch and p.semaphore_per_slot else "pltpu.SemaphoreType.DMA(())"
         out += [sems for _ in paged]
@@ -334,6 +372,8 @@ class _Entry:
         keywords = self.unbound_axes() + self.jagged_maxima()
         keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
         keywords += [f"pages_per_compute_block={a.block}" for a in self.plan.axes.values() if a.mode == "paged"]
+        if self.debug_checks():
+            keywords.append("debug=False")
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 
@@ -360,11 +400,18 @@ class _Entry:
         for a in self.plan.axes.values():
             if a.mode == "paged":
                 lines.append(f"  pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
+        if self.debug_checks():
+            lines += textwrap.wrap(self.debug_doc(), 86, initial_indent="  ", subsequent_indent="    ")
         lines.append("  interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.")
         lines += ["", "Returns:"]
         for t in k.outputs:
             shown = ", ".join(self.caller_dims(t)).replace(" * ", "*")
             lines.append(f"  {t.name}: {t.dtype}[{shown}].")
+        lines += [
+            "",
+            "Forward only: there is no backward kernel, so jax.grad (or any differentiation) through",
+            "this function raises NotImplementedError.",
+        ]
         return docstring("\n".join(lines), "    ")
 
 
@@ -388,11 +435,13 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         stdlib.append("import functools")
     if "math" in uses:
         stdlib.append("import math")
-    imports = stdlib + ([""] if stdlib else []) + ["import jax"]
+    # In isort's order (plain imports, then from-imports), so that linters accept the file.
+    imports = stdlib + ([""] if stdlib else []) + ["import jax", "import jax.numpy as jnp"]
     if "lax" in uses or "mask_tail" in uses or "gelu" in uses:
         imports.append("from jax import lax")
+    if entry.debug_checks():
+        imports.append("from jax.experimental import checkify")
     imports += [
-        "import jax.numpy as jnp",
         "from jax.experimental import pallas as pl",
         "from jax.experimental.pallas import tpu as pltpu",
     ]
@@ -413,6 +462,9 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         helpers=uses,
         activations=[a for a in ir.ACTIVATIONS if a in uses],
         pipeline=plan.lowering != "pallas_grid",
+        # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.
+        ambiguous_names=sorted({n for n in (*k.tensors, *k.accumulators, *(st.name for st in k.statements)) if n in ("l", "O", "I")}),
+        debug_helpers=sorted({c.split("(")[0].lstrip("_") for c in entry.debug_checks()}),
         block_axes=entry.blocked_axes(),
         kernel=kernel,
         name=k.name,

@@ -103,6 +103,8 @@ def _scalar(node: yaml.ScalarNode, loc: Location):
     if tag == "tag:yaml.org,2002:null":
         return None
     if tag == "tag:yaml.org,2002:str":
+        if node.style is None and _LEADING_ZERO.fullmatch(text.replace("_", "")):
+            return _int(text, loc)  # 08, 09: a string in YAML 1.1, a number in 1.2
         if node.style is None and _CORE_FLOAT.fullmatch(text):
             return _float(text, loc)
         return _string(text, loc)
@@ -182,11 +184,25 @@ def _syntax_error(err: yaml.MarkedYAMLError, text: str, file: str) -> SpecError:
     return SpecError(f"YAML syntax error: {problem}", loc)
 
 
+def _reader_message(err: yaml.reader.ReaderError) -> str:
+    return f"YAML does not allow the character U+{err.character:04X} in a file"
+
+
+def _position(text: str, index: int, file: str) -> Location:
+    line_start = text.rfind("\n", 0, index) + 1
+    return Location(file, text.count("\n", 0, index) + 1, index - line_start + 1)
+
+
 def load_yaml(text: str, file: str) -> Node:
     """Parse one YAML document into located nodes; syntax errors become SpecErrors."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as err:
+        raise SpecError(_reader_message(err), _position(text, err.position, file)) from None
     try:
         root = loader.get_single_node()
+    except yaml.reader.ReaderError as err:
+        raise SpecError(_reader_message(err), _position(text, err.position, file)) from None
     except yaml.MarkedYAMLError as err:
         raise _syntax_error(err, text, file) from None
     except yaml.YAMLError as err:

@@ -26,7 +26,7 @@ DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
 # Names the generated module itself uses at module or kernel scope.
 RESERVED = frozenset(
     {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid",
-     "body", "compute", "step", "indices", "kernel", "tile_valid",
+     "body", "compute", "step", "indices", "kernel", "tile_valid", "debug",
      # the paged lowering's own names
      "slot", "carry", "has_next", "page", "page_id", "rows", "num_pages", "page_size",
      "pages_per_compute_block", "start_fetch", "wait_fetch", "next_block", "slot_ref", "prefetched_ref"}
@@ -107,7 +107,13 @@ REQUIRED_SECTIONS = ("axes", "tensors", "compute")
 
 
 def json_schema() -> dict:
-    """The spec's JSON Schema, derived from `SCHEMA`."""
+    """The spec's JSON Schema, derived from `SCHEMA`.
+
+    Rule and activation names are enumerated from the planner and the IR, so the
+    schema cannot drift from what a build accepts.
+    """
+    from codegen.ir import ACTIVATIONS
+    from codegen.rules import RULE_NAMES
 
     def field_schema(f: Field) -> dict:
         base = {
@@ -135,6 +141,10 @@ def json_schema() -> dict:
         }
 
     properties = {}
+    names = {
+        # a param holds a number, a switch, or an activation's name
+        "params": {"anyOf": [{"type": ["number", "boolean"]}, {"enum": list(ACTIVATIONS)}]},
+    }
     for key, item in SCHEMA.items():
         if isinstance(item, Field):
             properties[key] = field_schema(item)
@@ -143,8 +153,9 @@ def json_schema() -> dict:
                 "type": "object",
                 "description": item.doc,
                 "propertyNames": {"pattern": IDENTIFIER.pattern},
-                "additionalProperties": entry_schema(item.entry),
+                "additionalProperties": names.get(key, entry_schema(item.entry)),
             }
+    properties["rules"]["propertyNames"] = {"enum": list(RULE_NAMES)}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "tpu-codegen kernel spec",
@@ -605,6 +616,10 @@ def _check_dims_known(dims: tuple[Dim, ...], axes: dict[str, Axis], what: str) -
         raise SpecError(f"{what} has no dims", None)
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def _check_names(params, axes, tensors, accumulators, compute) -> None:
     """One namespace: a name means one thing, in the spec and in the generated code."""
     owners: dict[str, tuple[str, Location]] = {}
@@ -613,7 +628,7 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             if name in owners:
                 other_kind, other_loc = owners[name]
                 raise SpecError(
-                    f"'{name}' names both a {other_kind} (line {other_loc.line}) and a {kind}", item.loc
+                    f"'{name}' names both {_a(other_kind)} (line {other_loc.line}) and {_a(kind)}", item.loc
                 )
             owners[name] = (kind, item.loc)
     derived = {}

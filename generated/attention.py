@@ -3,6 +3,7 @@
 # build options: --chip v5e
 # DO NOT EDIT. Change the spec, then run from the project root:
 #   codegen build specs/attention.yaml -o generated --chip v5e
+# ruff: noqa: E741 - the spec names l, which pycodestyle finds ambiguous
 """Non-causal softmax attention, softmax(q k^T / sqrt(D)) v, computed with an online
 softmax over blocks of the key/value sequence.
 """
@@ -11,8 +12,8 @@ import functools
 import math
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -23,6 +24,22 @@ def _mask_tail(x, axis, start, size, fill):
         return x  # the axis splits into whole blocks: no block overhangs
     position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.where(position < size, x, fill)
+
+
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
 
 
 def _check_input(name, x, shape, dtype):
@@ -98,6 +115,9 @@ def attention(q, k, v, *, block_sq=128, block_skv=128, interpret=False):
 
     Returns:
       out: float32[batch, head, sq, d].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     batch, head, sq, d = q.shape
     skv = k.shape[2]
@@ -107,6 +127,7 @@ def attention(q, k, v, *, block_sq=128, block_skv=128, interpret=False):
     block_sq = _block_size("block_sq", block_sq, sq, 8)
     block_skv = _block_size("block_skv", block_skv, skv, 8)
     kernel = functools.partial(_attention_kernel, d=d, block_skv=block_skv, skv=skv)
+    q, k, v = _forward_only("attention", q, k, v)
     return pl.pallas_call(
         kernel,
         grid=(batch, head, pl.cdiv(sq, block_sq), pl.cdiv(skv, block_skv)),

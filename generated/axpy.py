@@ -14,6 +14,22 @@ from jax.experimental.pallas import tpu as pltpu
 ALPHA = 2.0
 
 
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
+
+
 def _check_input(name, x, shape, dtype):
     if tuple(x.shape) != shape or x.dtype != dtype:
         raise ValueError(
@@ -55,12 +71,16 @@ def axpy(x, y, *, block_m=256, block_n=512, interpret=False):
 
     Returns:
       y: float32[m, n].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     m, n = x.shape
     _check_input("x", x, (m, n), jnp.float32)
     _check_input("y", y, (m, n), jnp.float32)
     block_m = _block_size("block_m", block_m, m, 8)
     block_n = _block_size("block_n", block_n, n, 128)
+    x, y = _forward_only("axpy", x, y)
     return pl.pallas_call(
         _axpy_kernel,
         grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n)),

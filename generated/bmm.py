@@ -8,8 +8,8 @@
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -20,6 +20,22 @@ def _mask_tail(x, axis, start, size, fill):
         return x  # the axis splits into whole blocks: no block overhangs
     position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.where(position < size, x, fill)
+
+
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
 
 
 def _check_input(name, x, shape, dtype):
@@ -77,6 +93,9 @@ def bmm(a, b, *, block_m=128, block_n=128, block_k=128, interpret=False):
 
     Returns:
       out: float32[batch, m, n].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     batch, m, k = a.shape
     n = b.shape[2]
@@ -86,6 +105,7 @@ def bmm(a, b, *, block_m=128, block_n=128, block_k=128, interpret=False):
     block_n = _block_size("block_n", block_n, n, 128)
     block_k = _block_size("block_k", block_k, k, 128)
     kernel = functools.partial(_bmm_kernel, block_k=block_k, k=k)
+    a, b = _forward_only("bmm", a, b)
     return pl.pallas_call(
         kernel,
         grid=(batch, pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),

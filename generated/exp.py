@@ -11,6 +11,22 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
+
+
 def _check_input(name, x, shape, dtype):
     if tuple(x.shape) != shape or x.dtype != dtype:
         raise ValueError(
@@ -50,11 +66,15 @@ def exp(x, *, block_m=256, block_n=512, interpret=False):
 
     Returns:
       out: float32[m, n].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     m, n = x.shape
     _check_input("x", x, (m, n), jnp.float32)
     block_m = _block_size("block_m", block_m, m, 8)
     block_n = _block_size("block_n", block_n, n, 128)
+    (x,) = _forward_only("exp", x)
     return pl.pallas_call(
         _exp_kernel,
         grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n)),

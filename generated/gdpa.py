@@ -11,8 +11,9 @@ b, h] @ k[b, :, h]^T)) @ v[b, :, h].
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
+from jax.experimental import checkify
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -38,6 +39,40 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     rows = jnp.clip(end - tile_start, 0, block)
     total = offsets_ref[offsets_ref.shape[0] - 1]
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
+
+
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
+
+
+def _check_offsets(name, offsets, rows, max_name, max_extent):
+    """debug=True: offsets that jagged blocks can trust, or a checkify error."""
+    extents = offsets[1:] - offsets[:-1]
+    longest = jnp.max(extents, initial=0)
+    checkify.check(offsets[0] == 0, f"{name}[0] must be 0, got {{first}}", first=offsets[0])
+    checkify.check(jnp.all(extents >= 0), f"{name} must not decrease")
+    checkify.check(
+        offsets[-1] == rows,
+        f"{name}[-1] must be the row count {rows}, got {{last}}",
+        last=offsets[-1],
+    )
+    checkify.check(
+        longest <= max_extent,
+        f"{max_name}={max_extent} is less than the longest segment, {{longest}} rows",
+        longest=longest,
+    )
 
 
 def _check_input(name, x, shape, dtype):
@@ -147,7 +182,7 @@ def _gdpa_kernel(
     )(q_hbm_ref, k_hbm_ref, v_hbm_ref, out_hbm_ref)
 
 
-def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
+def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpret=False):
     """Jagged generalized dot-product attention with dense K/V (Meta's GDPA, PFFN form): for
     each segment b and head h, out[rows of b, h] = cast_bf16(qk_scale * activation(q[rows of
     b, h] @ k[b, :, h]^T)) @ v[b, :, h].
@@ -159,10 +194,18 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
       q_offsets: int32[b+1]. Row offsets of the segments along sq; the last is the total.
       max_seq_len: the largest extent of sq in any segment (it sizes the grid).
       block_sq: tile size along sq.
+      debug: True to check that q_offsets starts at 0, never decreases and ends at the row
+        count, and no segment is longer than max_seq_len (wrong values give NaNs or
+        garbage, not errors). Eager calls raise at once; under jax.jit, pass debug=True
+        statically and wrap the function in jax.experimental.checkify.checkify, then call
+        .throw() on the error it returns.
       interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.
 
     Returns:
       out: bfloat16[sq, h, d].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     sq, h, d = q.shape
     b = k.shape[0]
@@ -171,6 +214,8 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
     _check_input("k", k, (b, skv, h, d), jnp.bfloat16)
     _check_input("v", v, (b, skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
+    if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
+        _check_offsets("q_offsets", q_offsets, sq, "max_seq_len", max_seq_len)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
     block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
@@ -178,6 +223,7 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, interpret=False):
     kernel = functools.partial(
         _gdpa_kernel, block_sq=block_sq, b=b, num_sq_tiles=num_sq_tiles, h=h, d=d, skv=skv
     )
+    q_offsets, q, k, v = _forward_only("gdpa", q_offsets, q, k, v)
     return pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(

@@ -11,8 +11,9 @@ segment with no key/value rows gives zeros.
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
+from jax.experimental import checkify
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -46,6 +47,40 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     rows = jnp.clip(end - tile_start, 0, block)
     total = offsets_ref[offsets_ref.shape[0] - 1]
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
+
+
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
+
+
+def _check_offsets(name, offsets, rows, max_name, max_extent):
+    """debug=True: offsets that jagged blocks can trust, or a checkify error."""
+    extents = offsets[1:] - offsets[:-1]
+    longest = jnp.max(extents, initial=0)
+    checkify.check(offsets[0] == 0, f"{name}[0] must be 0, got {{first}}", first=offsets[0])
+    checkify.check(jnp.all(extents >= 0), f"{name} must not decrease")
+    checkify.check(
+        offsets[-1] == rows,
+        f"{name}[-1] must be the row count {rows}, got {{last}}",
+        last=offsets[-1],
+    )
+    checkify.check(
+        longest <= max_extent,
+        f"{max_name}={max_extent} is less than the longest segment, {{longest}} rows",
+        longest=longest,
+    )
 
 
 def _check_input(name, x, shape, dtype):
@@ -197,6 +232,7 @@ def gdpa_jagged(
     max_seq_len_kv,
     block_sq=256,
     block_skv=256,
+    debug=False,
     interpret=False,
 ):
     """Fully jagged generalized dot-product attention: segment b's query rows attend to its own
@@ -213,10 +249,19 @@ def gdpa_jagged(
       max_seq_len_kv: the largest extent of skv in any segment (it sizes the grid).
       block_sq: tile size along sq.
       block_skv: tile size along skv.
+      debug: True to check that q_offsets starts at 0, never decreases and ends at the row
+        count, and no segment is longer than max_seq_len_q; kv_offsets starts at 0, never
+        decreases and ends at the row count, and no segment is longer than max_seq_len_kv
+        (wrong values give NaNs or garbage, not errors). Eager calls raise at once; under
+        jax.jit, pass debug=True statically and wrap the function in
+        jax.experimental.checkify.checkify, then call .throw() on the error it returns.
       interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.
 
     Returns:
       out: bfloat16[sq, h, d].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     sq, h, d = q.shape
     skv = k.shape[0]
@@ -226,6 +271,9 @@ def gdpa_jagged(
     _check_input("v", v, (skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
     _check_input("kv_offsets", kv_offsets, (b + 1,), jnp.int32)
+    if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
+        _check_offsets("q_offsets", q_offsets, sq, "max_seq_len_q", max_seq_len_q)
+        _check_offsets("kv_offsets", kv_offsets, skv, "max_seq_len_kv", max_seq_len_kv)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
     if skv == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
@@ -245,6 +293,7 @@ def gdpa_jagged(
         h=h,
         d=d,
     )
+    q_offsets, kv_offsets, q, k, v = _forward_only("gdpa_jagged", q_offsets, kv_offsets, q, k, v)
     return pl.pallas_call(
         kernel,
         grid_spec=pltpu.PrefetchScalarGridSpec(

@@ -3,6 +3,7 @@
 # build options: --chip v5e
 # DO NOT EDIT. Change the spec, then run from the project root:
 #   codegen build specs/paged_attention.yaml -o generated --chip v5e
+# ruff: noqa: E741 - the spec names l, which pycodestyle finds ambiguous
 """Decode attention over a paged K/V cache, with grouped query heads: each query head
 attends, without scaling, to the first lengths[b] positions of its sequence, position t
 living at page page_indices[b, t // page_size], row t % page_size. Same layout and
@@ -13,8 +14,9 @@ zeros.
 import functools
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
+from jax.experimental import checkify
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
@@ -25,6 +27,36 @@ def _mask_tail(x, axis, start, size, fill):
         return x  # the axis splits into whole blocks: no block overhangs
     position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.where(position < size, x, fill)
+
+
+def _forward_only(name, *args):
+    """`args` unchanged; differentiating through them raises: no backward kernel exists."""
+
+    @jax.custom_jvp
+    def inputs(*args):
+        return args
+
+    @inputs.defjvp
+    def _(primals, tangents):
+        raise NotImplementedError(
+            f"{name} is forward-only: it has no backward kernel, so it cannot be differentiated"
+        )
+
+    return inputs(*args)
+
+
+def _check_pages(lengths_name, lengths, table_name, table, num_pages, page_size):
+    """debug=True: lengths and page ids that the paged walk can trust, or a checkify error."""
+    width = table.shape[1]
+    checkify.check(
+        jnp.all((lengths >= 0) & (lengths <= width * page_size)),
+        f"every {lengths_name} must be in [0, {width * page_size}] ({width} pages of {page_size})",
+    )
+    used = jnp.arange(width)[None, :] < pl.cdiv(lengths, page_size)[:, None]
+    checkify.check(
+        jnp.all(~used | ((table >= 0) & (table < num_pages))),
+        f"{table_name} names a page outside [0, {num_pages}) within a sequence's length",
+    )
 
 
 def _check_input(name, x, shape, dtype):
@@ -87,7 +119,7 @@ def _paged_attention_kernel(
         for page in range(pages_per_compute_block):
 
             @pl.when(t_block * block_t + page * page_size < lengths_ref[b_at])
-            def _():
+            def _(page=page):  # pl.when runs it at once; the default binds this iteration's page
                 page_id = page_indices_ref[b_at, t_block * pages_per_compute_block + page]
                 rows = pl.ds(page * page_size, page_size)
                 pltpu.make_async_copy(
@@ -106,7 +138,7 @@ def _paged_attention_kernel(
         for page in range(pages_per_compute_block):
 
             @pl.when(t_block * block_t + page * page_size < t_size)
-            def _():
+            def _(page=page):
                 rows = pl.ds(page * page_size, page_size)
                 pltpu.make_async_copy(
                     k_pages_hbm_ref.at[0, 0], k_pages_buffer.at[slot, rows], k_pages_sems.at[slot]
@@ -187,7 +219,15 @@ def _paged_attention_kernel(
 
 
 def paged_attention(
-    q, k_pages, v_pages, lengths, page_indices, *, pages_per_compute_block=4, interpret=False
+    q,
+    k_pages,
+    v_pages,
+    lengths,
+    page_indices,
+    *,
+    pages_per_compute_block=4,
+    debug=False,
+    interpret=False,
 ):
     """Decode attention over a paged K/V cache, with grouped query heads: each query head
     attends, without scaling, to the first lengths[b] positions of its sequence, position t
@@ -202,10 +242,18 @@ def paged_attention(
       lengths: int32[b].
       page_indices: int32[b, pages].
       pages_per_compute_block: pages of t per block of the in-kernel loop.
+      debug: True to check that every lengths fits its row of page_indices, and every page
+        id it uses names a page (wrong values give NaNs or garbage, not errors). Eager
+        calls raise at once; under jax.jit, pass debug=True statically and wrap the
+        function in jax.experimental.checkify.checkify, then call .throw() on the error it
+        returns.
       interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.
 
     Returns:
       out: bfloat16[b, kvh*g, d].
+
+    Forward only: there is no backward kernel, so jax.grad (or any differentiation) through
+    this function raises NotImplementedError.
     """
     b, kvh_g, d = q.shape
     kvh = k_pages.shape[0]
@@ -221,12 +269,17 @@ def paged_attention(
     _check_input("lengths", lengths, (b,), jnp.int32)
     _check_input("page_indices", page_indices, (b, pages), jnp.int32)
     q = q.reshape(b, kvh, g, d)  # its fused dims, split
+    if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
+        _check_pages("lengths", lengths, "page_indices", page_indices, num_pages, page_size)
     kernel = functools.partial(
         _paged_attention_kernel,
         pages_per_compute_block=pages_per_compute_block,
         page_size=page_size,
         b=b,
         kvh=kvh,
+    )
+    lengths, page_indices, q, k_pages, v_pages = _forward_only(
+        "paged_attention", lengths, page_indices, q, k_pages, v_pages
     )
     out = pl.pallas_call(
         kernel,

@@ -48,7 +48,7 @@ def test_entry_point_signature(name):
     assert [a.arg for a in fn.args.args] == [t for t in _inputs(name)]
     keywords = [a.arg for a in fn.args.kwonlyargs]
     assert keywords[-1] == "interpret"
-    assert all(k.startswith(("block_", "max_seq_len", "pages_per_compute_block")) for k in keywords[:-1])
+    assert all(k.startswith(("block_", "max_seq_len", "pages_per_compute_block", "debug")) for k in keywords[:-1])
     source = ast.unparse(fn)
     assert "pl.CostEstimate(" in source
 

@@ -117,8 +117,12 @@ def load_config(start: Path | None = None) -> Config:
         import re
 
         at = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
-        loc = Location(_shown(file), int(at[1]), int(at[2])) if at else Location(_shown(file), 1, 1)
-        raise SpecError(f"invalid TOML: {str(err).split(' (at line')[0]}", loc) from None
+        if at:
+            loc = Location(_shown(file), int(at[1]), int(at[2]))
+        else:  # "(at end of document)"
+            lines = text.rstrip("\n").split("\n")
+            loc = Location(_shown(file), len(lines), len(lines[-1]) + 1)
+        raise SpecError(f"invalid TOML: {str(err).split(' (at ')[0]}", loc) from None
     if table is None:
         return Config(root=folder)
     for key in table:

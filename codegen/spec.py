@@ -201,6 +201,7 @@ class Axis:
     block_loc: Location | None = None
     jagged: Jagged | None = None
     paged: Paged | None = None
+    max_loc: Location | None = None
 
     @property
     def segment(self) -> str | None:
@@ -500,7 +501,9 @@ def parse_spec(
             paged = Paged(g["table"], g["lengths"], g["segment"], g.get("page_size", 16), e["paged_loc"])
         if jagged and paged:
             raise SpecError(f"axis '{aname}' cannot be both jagged and paged", e["paged_loc"])
-        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged, paged)
+        axes[aname] = Axis(
+            aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged, paged, e.get("max_loc")
+        )
 
     tensors: dict[str, Tensor] = {}
     for tname, (node, loc) in section("tensors").items():

@@ -437,3 +437,23 @@ def test_verify_without_jax_names_the_extra(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "codegen verify needs JAX" in done.stderr and "tpu-codegen[jax]" in done.stderr
+
+
+def test_a_vmem_overflow_from_an_axis_max_is_blamed_on_that_max(tmp_path, capsys):
+    text = (SPECS / "softmax.yaml").read_text().replace("n: {max: 4096}", "n: {max: 100000000}")
+    rc, out = build(tmp_path, text, name="softmax.yaml")
+    err = assert_spec_error(capsys, rc, out, "softmax.yaml", 5, 12, r"MiB of VMEM, over the 128 MiB")
+    assert "use a smaller max" in err
+    # and an overflow from blocks is still blamed on the largest block
+    rc, out = build(tmp_path, edit(edit(GOOD, "m: {block: 8}", "m: {block: 8192}"), "n: {block: 128}", "n: {block: 16384}"))
+    err = assert_spec_error(capsys, rc, out, line=6, col=14, pattern=r"MiB of VMEM")
+    assert "use smaller blocks" in err
+
+
+def test_an_output_folder_with_a_control_character_is_refused(tmp_path, capsys):
+    spec = write_spec(tmp_path, GOOD)
+    out = tmp_path / "out\nx"
+    assert main(["build", str(spec), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("<command line>:1:1: error: -o: the output folder's path contains a control character")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -26,6 +27,8 @@ def _overrides(values: list[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for text in values or []:
         name, value = parse_override(text)
+        if name in out:  # as with a keyword given twice in a spec: no silent winner
+            raise SpecError(f"-D {name} is given twice", COMMAND_LINE)
         out[name] = value
     return out
 
@@ -114,8 +117,6 @@ def load_config(start: Path | None = None) -> Config:
         raise SpecError(f"cannot read {_shown(file)}: {err}", Location(_shown(file), 1, 1)) from None
     except tomllib.TOMLDecodeError as err:
         # tomllib gives the position only inside its message: "... (at line 3, column 7)"
-        import re
-
         at = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
         if at:
             loc = Location(_shown(file), int(at[1]), int(at[2]))

@@ -25,7 +25,7 @@ DIM = re.compile(r"^[a-z][a-z0-9_]*((\+1)|(\*[a-z][a-z0-9_]*)+)?$")
 DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
 # Names the generated module itself uses at module or kernel scope.
 RESERVED = frozenset(
-    {"jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np", "interpret", "grid",
+    {"jax", "jnp", "lax", "pl", "pltpu", "checkify", "functools", "math", "np", "interpret", "grid",
      "body", "compute", "step", "indices", "kernel", "tile_valid", "debug",
      # the paged lowering's own names
      "slot", "carry", "has_next", "page", "page_id", "rows", "num_pages", "page_size",

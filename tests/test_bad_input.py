@@ -107,10 +107,11 @@ def test_an_expression_just_under_the_depth_bound_builds(tmp_path, capsys):
         ("alpha=064", r"-D alpha: '064' has a leading zero"),
         ("alpha=1e400", r"-D alpha: number out of range"),
         ("alpha=a\nb", r"is not a number, boolean or name"),
+        (("alpha=1", "-D", "alpha=2"), r"-D alpha is given twice"),
     ],
 )
 def test_bad_define_values_are_usage_errors(tmp_path, capsys, define, pattern):
-    rc, out = build(tmp_path, GOOD, "-D", define)
+    rc, out = build(tmp_path, GOOD, "-D", *([define] if isinstance(define, str) else define))
     captured = capsys.readouterr()
     assert rc == 2 and "Traceback" not in captured.err
     assert captured.err.startswith("<command line>:1:1: error: "), captured.err
@@ -209,7 +210,7 @@ def test_a_few_aliases_still_work(tmp_path, capsys):
 
 # --- reserved names ---------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["tuple", "sum", "range", "len", "print"])
+@pytest.mark.parametrize("name", ["tuple", "sum", "range", "len", "print", "checkify", "debug"])
 def test_builtins_are_reserved(tmp_path, capsys, name):
     rc, out = build(tmp_path, GOOD.replace("alpha", name))
     assert_spec_error(capsys, rc, out, line=3, col=3, pattern=rf"param '{name}' is reserved in generated code")

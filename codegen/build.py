@@ -22,9 +22,16 @@ DEFAULT_OUTPUT = "generated"  # under the project root
 COMMAND_LINE = Location("<command line>", 1, 1)
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop, say
+        raise SpecError(f"cannot resolve the path: {err}", Location(str(path), 1, 1)) from None
+
+
 def project_root(path: Path) -> Path:
     """The nearest ancestor holding pyproject.toml or .git; else the spec's folder."""
-    path = path.resolve()
+    path = _resolved(path)
     for parent in path.parents:
         if (parent / "pyproject.toml").exists() or (parent / ".git").exists():
             return parent
@@ -32,7 +39,7 @@ def project_root(path: Path) -> Path:
 
 
 def _relative_to_root(path: Path, root: Path) -> str:
-    resolved = path.resolve()
+    resolved = _resolved(path)
     try:
         return resolved.relative_to(root).as_posix()
     except ValueError:  # outside the project: only an absolute path names it
@@ -45,7 +52,7 @@ def display_path(path: Path) -> str:
     The header is a comment: a path that would break it (a newline in a folder's
     name) is refused rather than written.
     """
-    resolved = path.resolve()
+    resolved = _resolved(path)
     shown = resolved.relative_to(project_root(resolved)).as_posix()
     if not shown.isprintable():
         raise SpecError(

@@ -219,14 +219,15 @@ def _build_all(args):
     for job in jobs:
         b = build_source(job.spec, overrides, chip, job.explicit_output)
         target = job.output_dir / f"{b.spec.name}.py"
-        if target.resolve() in targets:
+        key = Path(os.path.abspath(target))
+        if key in targets:
             raise SpecError(
-                f"kernel name '{b.spec.name}' is also the name of {targets[target.resolve()]}: "
+                f"kernel name '{b.spec.name}' is also the name of {targets[key]}: "
                 f"both would write {target}",
                 b.spec.name_loc,
                 "give each spec its own name",
             )
-        targets[target.resolve()] = job.spec
+        targets[key] = job.spec
         built.append((job, target, b))
     return built, chip, overrides
 

@@ -458,3 +458,13 @@ def test_an_output_folder_with_a_control_character_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("<command line>:1:1: error: -o: the output folder's path contains a control character")
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_spec_path_in_a_symlink_loop_is_a_located_error(tmp_path, capsys):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    out = tmp_path / "out"
+    assert main(["build", str(loop), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{loop}:1:1: error: cannot resolve the path"), err
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """The pre-commit hook as a downstream repository uses it, through `pre-commit try-repo`."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,6 @@ def test_the_hook_manifest_declares_codegen_check():
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     hook = next(h for h in hooks if h["id"] == "codegen-check")
     assert hook["entry"] == "codegen check" and hook["pass_filenames"] is False
-    import re
-
     files = re.compile(hook["files"])
     for path in ("specs/gdpa.yaml", "generated/gdpa.py", "pyproject.toml", "kernels/x.yml"):
         assert files.search(path), path
@@ -29,11 +28,25 @@ def _git(repo, *args):
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
 
 
-def _try_repo(repo, home, *extra):
+def _hook_repository(tmp_path):
+    """This project's files as they are now, committed to a repository of their own, as
+    pre-commit sees a hook repository (try-repo on a working tree skips untracked files)."""
+    hooks = tmp_path / "hook-repo"
+    for name in ("codegen", "templates"):
+        shutil.copytree(ROOT / name, hooks / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", ".pre-commit-hooks.yaml"):
+        shutil.copy(ROOT / name, hooks / name)
+    _git(hooks, "init", "-q")
+    _git(hooks, "add", "-A")
+    _git(hooks, "commit", "-qm", "hooks")
+    return hooks
+
+
+def _try_repo(hooks, repo, home, *extra):
     pre_commit = shutil.which("pre-commit")
     command = [pre_commit] if pre_commit else [sys.executable, "-m", "pre_commit"]
     return subprocess.run(
-        [*command, "try-repo", str(ROOT), "codegen-check", *extra],
+        [*command, "try-repo", str(hooks), "codegen-check", *extra],
         cwd=repo, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PRE_COMMIT_HOME": str(home)},
     )
@@ -41,10 +54,7 @@ def _try_repo(repo, home, *extra):
 
 def test_the_hook_catches_a_changed_spec_and_an_edited_generated_file(tmp_path):
     pytest.importorskip("pre_commit", reason="pre-commit is in the test extra: pip install -e '.[test]'")
-    # try-repo takes this repository's working tree, but only files git knows about.
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", ".pre-commit-hooks.yaml"], cwd=ROOT,
-                             capture_output=True)
-    assert tracked.returncode == 0, ".pre-commit-hooks.yaml must be committed"
+    hooks = _hook_repository(tmp_path)
     repo, home = tmp_path / "downstream", tmp_path / "pre-commit-home"
     (repo / "specs").mkdir(parents=True)
     shutil.copy(SPECS / "axpy.yaml", repo / "specs")
@@ -59,7 +69,7 @@ def test_the_hook_catches_a_changed_spec_and_an_edited_generated_file(tmp_path):
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "kernels")
 
-    done = _try_repo(repo, home, "--all-files")
+    done = _try_repo(hooks, repo, home, "--all-files")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Passed" in done.stdout
 
@@ -67,7 +77,7 @@ def test_the_hook_catches_a_changed_spec_and_an_edited_generated_file(tmp_path):
     spec = repo / "specs" / "axpy.yaml"
     spec.write_text(spec.read_text().replace("alpha: 2.0", "alpha: 3.0"))
     _git(repo, "add", "-A")
-    done = _try_repo(repo, home)
+    done = _try_repo(hooks, repo, home)
     assert done.returncode == 1, done.stdout
     assert "src/kernels/axpy.py: stale" in done.stdout
     assert "+ALPHA = 3.0" in done.stdout
@@ -76,6 +86,6 @@ def test_the_hook_catches_a_changed_spec_and_an_edited_generated_file(tmp_path):
     # a hand edit to the generated module, the spec untouched
     generated.write_text(generated.read_text().replace("ALPHA = 2.0", "ALPHA = 2.5"))
     _git(repo, "add", "-A")
-    done = _try_repo(repo, home)
+    done = _try_repo(hooks, repo, home)
     assert done.returncode == 1, done.stdout
     assert "-ALPHA = 2.5" in done.stdout and "+ALPHA = 2.0" in done.stdout

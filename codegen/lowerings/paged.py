@@ -240,7 +240,7 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
-        "        def _():",
+        "        def _(page=page):  # pl.when runs it at once; the default binds this iteration's page",
         f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
@@ -256,7 +256,7 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
-        "        def _():",
+        "        def _(page=page):",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
     for op in paged_ops:

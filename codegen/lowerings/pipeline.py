@@ -133,7 +133,7 @@ class _Pipeline(Lowering):
         semantics = ", ".join(
             "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid
         )
-        hbm = [op.ref.replace("_ref", "_hbm_ref") for op in piped + plan.outputs]
+        hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped + plan.outputs]
         lines += maps.lines()
         lines += [
             f"# {plan.lowering_reason}",
@@ -153,7 +153,7 @@ class _Pipeline(Lowering):
             RefGroup("scalar prefetch (SMEM)", [(f"{t.name}_ref", "segment offsets") for t in k.scalars]),
             RefGroup(
                 "inputs and outputs, left in HBM: the pipeline moves their blocks",
-                [(op.ref.replace("_ref", "_hbm_ref"), p.hbm_comment(op)) for op in plan.inputs + plan.outputs],
+                [(op.ref.removesuffix("_ref") + "_hbm_ref", p.hbm_comment(op)) for op in plan.inputs + plan.outputs],
             ),
             RefGroup("scratch", p.accumulator_refs()),
         ]

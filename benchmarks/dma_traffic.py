@@ -42,11 +42,12 @@ class Traffic:
 def counting_traffic():
     """Count what interpreted Pallas TPU kernels move between HBM and VMEM.
 
-    This reaches into jax 0.10's TPU interpreter: its DMA start, DMA write-out, and
-    the `get`/`store` callbacks that move pallas_call blocks. Nothing else here does.
+    This reaches into the TPU interpreter of jax 0.10 and 0.12 (the same there): its
+    DMA start, DMA write-out, and the `get`/`store` callbacks that move pallas_call
+    blocks. Nothing else here does.
     """
-    if not jax.__version__.startswith("0.10."):
-        raise RuntimeError(f"the traffic hook knows jax 0.10's interpreter, not jax {jax.__version__}")
+    if not jax.__version__.startswith(("0.10.", "0.12.")):
+        raise RuntimeError(f"the traffic hook knows the interpreter of jax 0.10 and 0.12, not jax {jax.__version__}")
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as interp
 
     spaces = interp.TPU_MEMORY_SPACE_NAMES

@@ -1,17 +1,22 @@
-"""The `codegen` command line: build, check, plan, verify, schema."""
+"""The `codegen` command line: build, check, plan, verify, estimate, tune, schema."""
 
 from __future__ import annotations
 
 import argparse
 import difflib
 import json
+import os
+import re
+import shlex
 import sys
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from codegen import __version__
 from codegen.chips import CHIPS, DEFAULT_CHIP
-from codegen.errors import GeneratorBug, SpecError
+from codegen.errors import GeneratorBug, Location, SpecError, did_you_mean
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -22,6 +27,8 @@ def _overrides(values: list[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for text in values or []:
         name, value = parse_override(text)
+        if name in out:  # as with a keyword given twice in a spec: no silent winner
+            raise SpecError(f"-D {name} is given twice", COMMAND_LINE)
         out[name] = value
     return out
 
@@ -29,11 +36,25 @@ def _overrides(values: list[str]) -> dict[str, object]:
 def _add_build_options(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("-D", dest="defines", action="append", metavar="NAME=VALUE", default=[],
                    help="override a spec param (repeatable), e.g. -D alpha=0.5")
-    p.add_argument("--chip", choices=sorted(CHIPS), default=DEFAULT_CHIP,
-                   help=f"TPU generation whose VMEM budget the plan must fit (default {DEFAULT_CHIP})")
+    p.add_argument("--chip", choices=sorted(CHIPS), default=None,
+                   help=f"TPU generation whose VMEM budget the plan must fit "
+                        f"(default: [tool.codegen] chip, else {DEFAULT_CHIP})")
     if output:
-        p.add_argument("-o", "--output-dir", type=Path, default=Path("generated"),
-                       help="folder for generated modules (default: generated/)")
+        p.add_argument("-o", "--output-dir", type=Path, default=None,
+                       help="folder for generated modules (default: [tool.codegen] output, "
+                            "else generated/ under the spec's project root)")
+
+
+def _add_compile_options(p: argparse.ArgumentParser, verify: bool = False) -> None:
+    if verify:
+        # Without --chip, verify compiles for the default chip only where libtpu is installed.
+        p.set_defaults(chip=None)
+    p.add_argument("--shape", dest="shapes", action="append", metavar="NAME=N", default=[],
+                   help="an axis size (or a jagged axis's max) to compile at (repeatable), e.g. --shape m=2048"
+                   + ("; compiled on top of the verify shapes" if verify else ""))
+    p.add_argument("--python", metavar="PATH", default=os.environ.get("CODEGEN_TPU_PYTHON"),
+                   help="interpreter whose jax and libtpu compile (default: $CODEGEN_TPU_PYTHON, else this one); e.g. a Python 3.12 "
+                   "environment with jax[tpu]==0.12.0, whose libtpu profiles v7x")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,12 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    specs_help = "spec files (default: [tool.codegen] specs in the nearest pyproject.toml)"
     p = sub.add_parser("build", help="generate DIR/<name>.py from each spec")
-    p.add_argument("specs", nargs="+", type=Path, metavar="SPEC")
+    p.add_argument("specs", nargs="*", type=Path, metavar="SPEC", help=specs_help)
     _add_build_options(p)
 
     p = sub.add_parser("check", help="exit 1 with a diff if a generated file is stale; changes nothing")
-    p.add_argument("specs", nargs="+", type=Path, metavar="SPEC")
+    p.add_argument("specs", nargs="*", type=Path, metavar="SPEC", help=specs_help)
     _add_build_options(p)
 
     p = sub.add_parser("plan", help="print the plan: loops, grid, blocks, memory, rules, VMEM")
@@ -61,46 +83,218 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, metavar="SPEC")
     p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
     _add_build_options(p, output=False)
+    _add_compile_options(p, verify=True)
+
+    p = sub.add_parser("estimate", help="compile for a TPU chip and print the compiler's cost estimate")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+    _add_compile_options(p)
+    p.add_argument("--block", dest="blocks", action="append", metavar="NAME=N", default=[],
+                   help="a block size keyword of the entry point (repeatable), e.g. --block block_m=256")
+
+    p = sub.add_parser("tune", help="search block sizes by the compiler's estimate; record the winner in the spec")
+    p.add_argument("spec", type=Path, metavar="SPEC")
+    _add_build_options(p, output=False)
+    _add_compile_options(p)
+    p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="print the winner; leave the spec as it is")
 
     sub.add_parser("schema", help="print the spec's JSON Schema")
     return parser
 
 
-def _build_all(specs: list[Path], defines, chip):
+COMMAND_LINE = Location("<command line>", 1, 1)
+CONFIG_KEYS = {
+    "specs": "spec files or glob patterns, relative to pyproject.toml's folder",
+    "output": "the folder for generated modules, relative to pyproject.toml's folder",
+    "chip": "the TPU generation to plan for",
+}
+
+
+@dataclass
+class Config:
+    """[tool.codegen] of the nearest pyproject.toml: project-wide defaults for the options."""
+
+    root: Path | None = None  # the folder holding that pyproject.toml
+    specs: tuple[Path, ...] = ()
+    output: Path | None = None
+    chip: str | None = None
+
+
+def _toml_location(file: Path, text: str, key: str) -> Location:
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith(key):
+            return Location(_shown(file), number, line.index(key) + 1)
+    return Location(_shown(file), 1, 1)
+
+
+def load_config(start: Path | None = None) -> Config:
+    """Read [tool.codegen] from the nearest pyproject.toml at or above `start` (the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        file = folder / "pyproject.toml"
+        if file.is_file():
+            break
+    else:
+        return Config()
+    try:
+        text = file.read_text(encoding="utf-8")
+        table = tomllib.loads(text).get("tool", {}).get("codegen")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read {_shown(file)}: {err}", Location(_shown(file), 1, 1)) from None
+    except tomllib.TOMLDecodeError as err:
+        # tomllib gives the position only inside its message: "... (at line 3, column 7)"
+        at = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
+        if at:
+            loc = Location(_shown(file), int(at[1]), int(at[2]))
+        else:  # "(at end of document)"
+            lines = text.rstrip("\n").split("\n")
+            loc = Location(_shown(file), len(lines), len(lines[-1]) + 1)
+        raise SpecError(f"invalid TOML: {str(err).split(' (at ')[0]}", loc) from None
+    if table is None:
+        return Config(root=folder)
+    for key in table:
+        if key not in CONFIG_KEYS:
+            raise SpecError(
+                f"unknown key '{key}' in [tool.codegen]",
+                _toml_location(file, text, key),
+                did_you_mean(key, CONFIG_KEYS) or f"keys: {', '.join(CONFIG_KEYS)}",
+            )
+    specs = table.get("specs", [])
+    if isinstance(specs, str):
+        specs = [specs]
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise SpecError("[tool.codegen] specs must be a list of paths or glob patterns", _toml_location(file, text, "specs"))
+    paths: list[Path] = []
+    for pattern in specs:
+        matches = sorted(folder.glob(pattern)) if any(ch in pattern for ch in "*?[") else [folder / pattern]
+        if not matches:
+            raise SpecError(f"[tool.codegen] specs: '{pattern}' matches no file", _toml_location(file, text, "specs"))
+        paths += [m for m in matches if m not in paths]
+    output = table.get("output")
+    if output is not None and not isinstance(output, str):
+        raise SpecError("[tool.codegen] output must be a path", _toml_location(file, text, "output"))
+    chip = table.get("chip")
+    if chip is not None and chip not in CHIPS:
+        raise SpecError(
+            f"[tool.codegen] chip must be one of {', '.join(sorted(CHIPS))}, got {chip!r}",
+            _toml_location(file, text, "chip"),
+        )
+    return Config(folder, tuple(paths), folder / output if output is not None else None, chip)
+
+
+def _shown(path: Path, like: Path | None = None) -> str:
+    """A path we computed, shown as the user writes theirs: relative to the cwd,
+    unless `like` (the path they gave) is absolute."""
+    if not path.is_absolute() or (like is not None and like.is_absolute()):
+        return str(path)
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive
+        return str(path)
+
+
+@dataclass
+class Job:
+    spec: Path  # as given, or from [tool.codegen]
+    output_dir: Path  # where its module goes
+    explicit_output: Path | None  # -o or [tool.codegen] output; None: the default
+
+
+def _jobs(args, config: Config) -> list[Job]:
+    specs = list(args.specs) or [Path(_shown(p)) for p in config.specs]
+    if not specs:
+        raise SpecError(
+            f"no spec given: name one (codegen {args.command} SPEC...) or list them in [tool.codegen] specs",
+            COMMAND_LINE,
+        )
+    from codegen.build import default_output_dir
+
+    explicit = args.output_dir if args.output_dir is not None else (
+        Path(_shown(config.output)) if config.output is not None else None
+    )
+    if explicit is not None:
+        _check_output_dir(explicit)
+    return [Job(s, explicit if explicit is not None else Path(_shown(default_output_dir(s), like=s)), explicit) for s in specs]
+
+
+def _check_output_dir(folder: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one, before building anything."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is a file" if part == folder else f"lies under {_shown(part)}, which is a file"
+                raise SpecError(f"-o {_shown(folder)}: {what}, not a folder", COMMAND_LINE)
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise SpecError(f"-o {_shown(folder)}: {_shown(part)} is not writable", COMMAND_LINE)
+            return
+
+
+def _chip(args, config: Config) -> str:
+    return args.chip or config.chip or DEFAULT_CHIP
+
+
+def _build_all(args):
     from codegen.build import build_source
 
-    overrides = _overrides(defines)
-    return [build_source(path, overrides, chip) for path in specs]
+    config = load_config()
+    chip = _chip(args, config)
+    jobs = _jobs(args, config)
+    overrides = _overrides(args.defines)
+    built = []
+    targets: dict[Path, Path] = {}
+    for job in jobs:
+        b = build_source(job.spec, overrides, chip, job.explicit_output)
+        target = job.output_dir / f"{b.spec.name}.py"
+        key = Path(os.path.abspath(target))
+        if key in targets:
+            raise SpecError(
+                f"kernel name '{b.spec.name}' is also the name of {targets[key]}: "
+                f"both would write {target}",
+                b.spec.name_loc,
+                "give each spec its own name",
+            )
+        targets[key] = job.spec
+        built.append((job, target, b))
+    return built, chip, overrides
+
+
+def _rebuild_hint(job: Job, chip: str, overrides) -> str:
+    """The command that rebuilds `job`'s file, from the current folder."""
+    from codegen.render import build_options
+
+    return f"codegen build {shlex.quote(str(job.spec))} -o {shlex.quote(str(job.output_dir))} {build_options(chip, overrides)}"
 
 
 def _cmd_build(args) -> int:
     started = time.perf_counter()
-    built = _build_all(args.specs, args.defines, args.chip)  # all or nothing: no write before every spec builds
-    from codegen.build import write_atomic
+    built, _, _ = _build_all(args)  # all or nothing: no write before every spec builds
+    from codegen.build import write_files
 
-    for b in built:
-        target = args.output_dir / f"{b.spec.name}.py"
-        if target.exists() and target.read_text(encoding="utf-8") == b.source:
+    changed = {}
+    for _, target, b in built:
+        if target.is_file() and target.read_text(encoding="utf-8") == b.source:
             print(f"{target}: unchanged")
-            continue
-        write_atomic(target, b.source)
+        else:
+            changed[target] = b.source
+    write_files(changed)
+    for target in changed:
         print(f"{target}: written")
     print(f"built {len(built)} spec{'s' if len(built) != 1 else ''} in {time.perf_counter() - started:.2f}s")
     return EXIT_OK
 
 
 def _cmd_check(args) -> int:
-    built = _build_all(args.specs, args.defines, args.chip)
+    built, chip, overrides = _build_all(args)
     stale = 0
-    for b in built:
-        target = args.output_dir / f"{b.spec.name}.py"
-        current = target.read_text(encoding="utf-8") if target.exists() else ""
+    for job, target, b in built:
+        current = target.read_text(encoding="utf-8") if target.is_file() else ""
         if current == b.source:
             print(f"{target}: up to date")
             continue
         stale += 1
         status = "stale" if target.exists() else "missing"
-        print(f"{target}: {status}; run `codegen build {b.spec.file}`", file=sys.stderr)
+        print(f"{target}: {status}; run `{_rebuild_hint(job, chip, overrides)}`", file=sys.stderr)
         sys.stdout.writelines(
             difflib.unified_diff(
                 current.splitlines(keepends=True),
@@ -116,18 +310,95 @@ def _cmd_plan(args) -> int:
     from codegen.build import plan_spec
     from codegen.report import format_plan
 
-    _, plan = plan_spec(args.spec, _overrides(args.defines), args.chip)
+    _, plan = plan_spec(args.spec, _overrides(args.defines), _chip(args, load_config()))
     sys.stdout.write(format_plan(plan))
     return EXIT_OK
 
 
 def _cmd_verify(args) -> int:
     from codegen.build import build_source
+    from codegen.tpu_compile import libtpu_installed
+
+    chip = _chip(args, load_config())
+    built = build_source(args.spec, _overrides(args.defines), chip)
+    try:
+        import jax  # noqa: F401  (verify needs it; build never does)
+        import numpy  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise SpecError(
+            f"codegen verify needs JAX, which is not installed (no module '{err.name}')",
+            COMMAND_LINE,
+            "install the extra: python3 -m pip install 'tpu-codegen[jax]'",
+        ) from None
+    compile_for = args.chip or (DEFAULT_CHIP if libtpu_installed(args.python) else None)
+    if (args.chip or args.shapes) and not libtpu_installed(args.python):
+        print("verify --chip/--shape compiles with the TPU compiler, which is not installed: "
+              "pip install 'tpu-codegen[tpu]'", file=sys.stderr)
+        return EXIT_FAILED
+    extra = []
+    tuned = built.spec.tune.get(compile_for or "")
+    if tuned:  # the shapes the chip's default blocks were tuned at
+        from codegen.estimate import case_from_shapes
+
+        extra.append(case_from_shapes(built.plan, tuned.shapes, f"tune.{compile_for} shapes"))
+    if args.shapes:
+        from codegen.estimate import case_from_shapes, parse_shapes
+
+        extra.append(case_from_shapes(built.plan, parse_shapes(args.shapes), "--shape"))
+    from codegen.verify import compile_for_chip, verify_built  # imports jax: only here
+
+    ok = verify_built(built, seed=args.seed, log=print)
+    if compile_for:
+        ok &= compile_for_chip(built, compile_for, extra, log=print, python=args.python)
+    else:
+        print("compile for TPU: skipped, libtpu is not installed (pip install 'tpu-codegen[tpu]')")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _cmd_estimate(args) -> int:
+    from codegen.build import build_source
+    from codegen.estimate import case_from_shapes, format_estimate, parse_shapes
+    from codegen.tpu_compile import CompilerUnavailable, profile_kernel
 
     built = build_source(args.spec, _overrides(args.defines), args.chip)
-    from codegen.verify import verify_built  # imports jax: only here
+    case = case_from_shapes(built.plan, parse_shapes(args.shapes))
+    blocks = parse_shapes(args.blocks)
+    from codegen.verify import kernel_to_compile
 
-    return EXIT_OK if verify_built(built, seed=args.seed, log=print) else EXIT_FAILED
+    print(f"compiling {built.plan.ir.name} for {args.chip} with the compiler's profile on ...", file=sys.stderr, flush=True)
+    try:
+        result = profile_kernel(kernel_to_compile(built, case, blocks), args.chip, python=args.python)
+    except CompilerUnavailable as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(format_estimate(built, case, args.chip, result, blocks))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _cmd_tune(args) -> int:
+    from codegen.build import build_source
+    from codegen.estimate import parse_shapes
+    from codegen.tpu_compile import CompilerUnavailable
+    from codegen.tune import block_keyword, tune, write_tune_entry
+
+    built = build_source(args.spec, _overrides(args.defines), args.chip)
+    shapes = parse_shapes(args.shapes)
+    try:
+        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print)
+    except CompilerUnavailable as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
+    except (RuntimeError, ValueError) as err:
+        print(f"tune {built.plan.ir.name}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    shown = " ".join(f"{block_keyword(built.plan, a)}={v}" for a, v in tuned.blocks.items())
+    print(f"winner for {args.chip}: {shown} at {tuned.cycles:,} estimated cycles; "
+          f"{len(tuned.trials)} candidates compiled in {tuned.seconds:.0f}s")
+    if args.dry_run:
+        return EXIT_OK
+    write_tune_entry(args.spec, built, tuned)
+    print(f"{args.spec}: tune.{args.chip} written; run `codegen build {args.spec}`")
+    return EXIT_OK
 
 
 def _cmd_schema(args) -> int:
@@ -144,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         "check": _cmd_check,
         "plan": _cmd_plan,
         "verify": _cmd_verify,
+        "estimate": _cmd_estimate,
+        "tune": _cmd_tune,
         "schema": _cmd_schema,
     }[args.command]
     try:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters and the like as Python escapes (`\\n`)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 @dataclass(frozen=True)
 class Location:
     """A 1-based line and column in a spec file."""
@@ -14,7 +21,7 @@ class Location:
     column: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{printable(self.file)}:{self.line}:{self.column}"
 
     def shifted(self, columns: int) -> "Location":
         return Location(self.file, self.line, self.column + columns)
@@ -30,9 +37,10 @@ class SpecError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
+        # One line per part, whatever the spec's text holds: a message is never split.
         where = f"{self.location}: " if self.location else ""
-        hint = f"\n  hint: {self.hint}" if self.hint else ""
-        return f"{where}error: {self.message}{hint}"
+        hint = f"\n  hint: {printable(self.hint)}" if self.hint else ""
+        return f"{where}error: {printable(self.message)}{hint}"
 
 
 class GeneratorBug(Exception):

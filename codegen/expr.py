@@ -51,17 +51,37 @@ class Call(Expr):
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.BitAnd: "&", ast.BitOr: "|"}
 _COMPARE = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 COMPARISONS = tuple(_COMPARE.values())
+# Deeper expressions are refused with a located error: every later stage walks
+# the tree recursively, and no kernel needs more than a few levels.
+MAX_DEPTH = 64
 
 
 def parse_expression(text: str, loc: Location) -> Expr:
     """Parse `text`, whose first character sits at `loc`."""
+    lead = len(text) - len(text.lstrip())
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
-        col = (err.offset or 1) - 1 + (len(text) - len(text.lstrip()))
+        col = (err.offset or 1) - 1 + lead
         raise SpecError(f"invalid expression: {err.msg}", loc.shifted(col)) from None
-    lead = len(text) - len(text.lstrip())
+    except (RecursionError, MemoryError):
+        raise SpecError(f"expression nests more than {MAX_DEPTH} levels deep", loc) from None
+    _check_depth(tree.body, loc.shifted(lead))
     return _convert(tree.body, loc, lead)
+
+
+def _check_depth(root: ast.AST, loc: Location) -> None:
+    """Refuse trees deeper than MAX_DEPTH, without recursing (the tree may be very deep)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SpecError(
+                f"expression nests more than {MAX_DEPTH} levels deep",
+                loc.shifted(getattr(node, "col_offset", 0)),
+                "split it into several compute statements",
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
@@ -99,6 +119,8 @@ def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
             if kw.arg is None:
                 raise SpecError("**keyword arguments are not supported", loc)
             kw_loc = base.shifted(lead + kw.value.col_offset - len(kw.arg) - 1)
+            if any(kw.arg == given for given, _, _ in keywords):
+                raise SpecError(f"keyword argument '{kw.arg}' is given twice", kw_loc)
             keywords.append((kw.arg, _convert(kw.value, base, lead), kw_loc))
         for arg in node.args:
             if isinstance(arg, ast.Starred):

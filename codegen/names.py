@@ -9,11 +9,11 @@ that no two things in a module can ever share a name.
 from __future__ import annotations
 
 # Module-level imports.
-IMPORTS = ("jax", "jnp", "lax", "pl", "pltpu", "functools", "math", "np")
+IMPORTS = ("jax", "jnp", "lax", "pl", "pltpu", "checkify", "functools", "math", "np", "contextlib")
 
 # Names local to the entry point or the kernel, whatever the spec.
 FIXED = (
-    "interpret", "grid", "kernel", "body", "compute", "step", "indices", "tile_valid", "tile_live",
+    "interpret", "debug", "grid", "kernel", "body", "compute", "step", "pipeline_step", "tile_valid", "tile_live",
     # the cost estimate
     "flops", "transcendentals", "bytes_accessed", "cost",
     # the paged lowering

@@ -159,6 +159,11 @@ class Plan:
         per = " x ".join(follows) if follows else "call"
         return f"fetched once per {per}, reused across {', '.join(inner)} steps"
 
+    def default_block(self, axis: str) -> int:
+        """The spec's `tune:` entry for the chip built for, else the planned block."""
+        tuned = self.ir.spec.tune.get(self.chip.name)
+        return tuned.blocks.get(axis, self.axes[axis].block) if tuned else self.axes[axis].block
+
     def why(self, subject: str, shapes: str) -> list[str]:
         """One-line comments for the `shapes` code that fired rules shaped: `rule: reason`."""
         kinds = {r.name: r.shapes for r in RULES}
@@ -579,7 +584,7 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     for t in k.outputs:
         memory = unit.output_memory(t, axes)
         ref = f"{t.name}_out_ref" if t.read else f"{t.name}_ref"
-        outputs.append(Operand(t.name, ref.replace("_ref", "_hbm_ref") if memory == "rows" else ref, memory))
+        outputs.append(Operand(t.name, ref.removesuffix("_ref") + "_hbm_ref" if memory == "rows" else ref, memory))
         if t.read:
             index = next(i for i, op in enumerate(inputs) if op.tensor == t.name)
             inputs[index].alias_output = len(outputs) - 1
@@ -632,12 +637,15 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     plan.vmem = _estimate_vmem(plan)
     total = plan.vmem.total
     if total > plan.chip.vmem_bytes:
-        tiled = [a for a in k.axes.values() if a.block_loc is not None]
-        loc = max(tiled, key=lambda a: a.block).block_loc if tiled else spec.name_loc
+        # Blame the largest size in the estimate: a block, or the max of a whole-extent axis.
+        sizes = [(a.block, a.block_loc, "blocks") for a in k.axes.values() if a.block_loc is not None]
+        sizes += [(a.max, a.max_loc, "a smaller max") for a in k.axes.values()
+                  if a.max_loc is not None and not axes[a.name].blocked]
+        _, loc, fix = max(sizes, key=lambda s: s[0]) if sizes else (0, spec.name_loc, "blocks")
         raise SpecError(
             f"the plan needs {total / MiB:.1f} MiB of VMEM, over the {plan.chip.vmem_bytes // MiB} MiB of a {plan.chip.name} TensorCore",
             loc,
-            "use smaller blocks (run `codegen plan` for the breakdown)",
+            f"use {'smaller ' + fix if fix == 'blocks' else fix} (run `codegen plan` for the breakdown)",
         )
     if total > plan.chip.scoped_vmem_default:
         plan.vmem_limit = min(plan.chip.vmem_bytes, -(-int(total * 1.25) // MiB) * MiB)

@@ -13,7 +13,9 @@ from codegen.errors import SpecError
 from codegen.plan import Plan
 from codegen.printer import JNP_DTYPE, literal, param_constant, print_kernel
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# In the source tree the templates sit beside the package; installed, inside it.
+_HERE = Path(__file__).resolve().parent
+TEMPLATES = next((p for p in (_HERE / "templates", _HERE.parent / "templates") if p.is_dir()), _HERE.parent / "templates")
 
 
 def _environment() -> jinja2.Environment:
@@ -164,7 +166,8 @@ class Entry:
         for d in dims:
             paged = self.k.axes[d].paged
             if paged:  # counted at every sequence's full table width: an upper bound
-                out += ["pages", "page_size"] + ([paged.segment] if paged.segment not in dims else [])
+                width = self.k.tensors[paged.table].dims[1]  # the block table's width: pages per sequence
+                out += [width, "page_size"] + ([paged.segment] if paged.segment not in dims else [])
         out += [d for d in dims if not self.k.axes[d].segment and not self.k.axes[d].paged and d not in seen_segments]
         return tuple(sorted(out))
 
@@ -235,6 +238,10 @@ class Entry:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
+        checks = self.debug_checks()
+        if checks:
+            self.lines += ["if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify"]
+            self.lines += [f"    {c}" for c in checks]
         self.block_sizes()
         p.unit.entry_prelude(self)
         args = [t.name for t in k.scalars] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
@@ -262,13 +269,49 @@ class Entry:
             call[at] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
+        if p.unit.asks_tpu_info:  # the kernel is traced for the TPU that _target_tpu names
+            call = ["with _target_tpu():"] + [f"    {line}" for line in call]
+        # No backward kernel exists: differentiating raises a clear error instead of failing inside Pallas.
+        guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
+        call.insert(0, f'{guarded} = _forward_only("{k.name}", {", ".join(args)})')
         return self.lines + call
+
+    def debug_checks(self) -> list[str]:
+        """Checks of input values (not shapes) that would otherwise give NaNs or garbage."""
+        out = []
+        for a in self.k.axes.values():
+            if a.jagged:
+                out.append(f'_check_offsets("{a.jagged.offsets}", {a.jagged.offsets}, {a.name}, "{a.jagged.max}", {a.jagged.max})')
+            if a.paged:
+                out.append(f'_check_pages("{a.paged.lengths}", {a.paged.lengths}, "{a.paged.table}", {a.paged.table}, num_pages, page_size)')
+        return out
+
+    def debug_doc(self) -> str:
+        what = []
+        for a in self.k.axes.values():
+            if a.jagged:
+                what.append(
+                    f"{a.jagged.offsets} starts at 0, never decreases and ends at the row count, "
+                    f"and no segment is longer than {a.jagged.max}"
+                )
+            if a.paged:
+                what.append(
+                    f"every {a.paged.lengths} fits its row of {a.paged.table}, and every page id it uses "
+                    "names a page"
+                )
+        return (
+            f"debug: True to check that {'; '.join(what)} (wrong values give NaNs or garbage, not errors). "
+            "Eager calls raise at once; under jax.jit, pass debug=True statically and wrap the "
+            "function in jax.experimental.checkify.checkify, then call .throw() on the error it returns."
+        )
 
     def signature(self) -> str:
         parts = [t.name for t in self.k.inputs]
         keywords = self.unbound_axes() + self.jagged_maxima()
-        keywords += [f"block_{a}={self.plan.axes[a].block}" for a in self.blocked_axes()]
+        keywords += [f"block_{a}={self.plan.default_block(a)}" for a in self.blocked_axes()]
         keywords += [kw for kw, _ in self.plan.unit.signature_keywords(self.plan)]
+        if self.debug_checks():
+            keywords.append("debug=False")
         keywords.append("interpret=False")
         return ", ".join(parts + ["*"] + keywords)
 
@@ -293,11 +336,18 @@ class Entry:
         for a in self.blocked_axes():
             lines.append(f"  block_{a}: tile size along {a}.")
         lines += [f"  {doc}" for _, doc in self.plan.unit.signature_keywords(self.plan)]
+        if self.debug_checks():
+            lines += textwrap.wrap(self.debug_doc(), 86, initial_indent="  ", subsequent_indent="    ")
         lines.append("  interpret: True to run in TPU interpret mode (on CPU), or a pltpu.InterpretParams.")
         lines += ["", "Returns:"]
         for t in k.outputs:
             shown = ", ".join(self.caller_dims(t)).replace(" * ", "*")
             lines.append(f"  {t.name}: {t.dtype}[{shown}].")
+        lines += [
+            "",
+            "Forward only: there is no backward kernel, so jax.grad (or any differentiation) through",
+            "this function raises NotImplementedError.",
+        ]
         return docstring("\n".join(lines), "    ")
 
 
@@ -310,22 +360,24 @@ def build_options(chip: str, overrides: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def render(plan: Plan, spec_path: str) -> str:
+def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> str:
     k = plan.ir
     kernel = print_kernel(plan)
     entry = Entry(plan)
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
-    stdlib = []
+    stdlib = ["import contextlib"] if plan.unit.asks_tpu_info else []
     if kernel.static_args:
         stdlib.append("import functools")
     if "math" in uses:
         stdlib.append("import math")
-    imports = stdlib + ([""] if stdlib else []) + ["import jax"]
+    # In isort's order (plain imports, then from-imports), so that linters accept the file.
+    imports = stdlib + ([""] if stdlib else []) + ["import jax", "import jax.numpy as jnp"]
     if "lax" in uses or "mask_tail" in uses or "gelu" in uses:
         imports.append("from jax import lax")
+    if entry.debug_checks():
+        imports.append("from jax.experimental import checkify")
     imports += [
-        "import jax.numpy as jnp",
         "from jax.experimental import pallas as pl",
         "from jax.experimental.pallas import tpu as pltpu",
     ]
@@ -339,12 +391,16 @@ def render(plan: Plan, spec_path: str) -> str:
         spec_path=spec_path,
         spec_sha256=k.spec.sha256,
         build_options=build_options(plan.chip.name, k.spec.overrides),
+        rebuild_command=rebuild_command or f"codegen build {spec_path}",
         docstring=docstring(module_doc),
         imports=imports,
         constants=constants,
         helpers=uses,
         activations=[a for a in ir.ACTIVATIONS if a in uses],
         pipeline=plan.unit.asks_tpu_info,
+        # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.
+        ambiguous_names=sorted({n for n in (*k.tensors, *k.accumulators, *(st.name for st in k.statements)) if n in ("l", "O", "I")}),
+        debug_helpers=sorted({c.split("(")[0].lstrip("_") for c in entry.debug_checks()}),
         block_axes=entry.blocked_axes(),
         kernel=kernel,
         name=k.name,

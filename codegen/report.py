@@ -99,7 +99,7 @@ def format_plan(plan: Plan) -> str:
     out.append("")
 
     vm = plan.vmem
-    out.append(f"VMEM per grid step (blocks at their default sizes)")
+    out.append("VMEM per grid step (blocks at their default sizes)")
     out += _table(["item", "bytes"], [[what, _bytes(n)] for what, n in vm.items] + [["total", _bytes(vm.total)]])
     if vm.assumed:
         out.append(f"  assumed extent {', '.join(vm.assumed)} = 512 (set axes.<name>.max to size it)")

@@ -6,26 +6,28 @@ The accepted shape of a spec is declared once, in `SCHEMA`; validation and
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from codegen import names
+from codegen.chips import CHIPS
 from codegen.errors import Location, SpecError, did_you_mean
 from codegen.source import Node, load_yaml
 
+# Anchored for JSON Schema (ECMA-262, where `$` is the end of the text); Python
+# code matches them with fullmatch, since Python's `$` also matches before a
+# final newline.
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 # AXIS; AXIS+1 for an offsets tensor; A*B for two axes stored as one dim (A major).
 DIM = re.compile(r"^[a-z][a-z0-9_]*((\+1)|(\*[a-z][a-z0-9_]*)+)?$")
 DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
-# Names the generated module itself uses (codegen.names), and Python's builtins.
-RESERVED = names.RESERVED | frozenset(
-    dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins"))
-)
+# Names the generated module itself uses (codegen.names); a spec name must not shadow a
+# builtin either (tuple, sum, range...).
+RESERVED = names.RESERVED | frozenset(dir(builtins))
 
 
 # --- the schema -------------------------------------------------------------
@@ -69,6 +71,12 @@ AXIS_FIELDS = {
         fields=PAGED_FIELDS,
     ),
 }
+TUNE_FIELDS = {
+    "shapes": Field("sizes", "The sizes (axis or jagged max: N) the blocks were tuned at.", True),
+    "blocks": Field("sizes", "Block size per blocked axis (for a paged axis: pages per compute block).", True),
+    "estimated_cycles": Field("int", "The compiler's estimate for the winner at those shapes."),
+    "compiler": Field("string", "The compiler that made the estimate, e.g. libtpu 0.0.42.1."),
+}
 LOWERINGS = ("outer_pipeline", "grid")
 TENSOR_FIELDS = {
     "dims": Field("axis_list", "Axis names, major to minor.", required=True),
@@ -97,12 +105,23 @@ SCHEMA: dict[str, Field | Section] = {
         Field("string", ""),
     ),
     "rules": Section("Planner rules switched on or off by name.", Field("bool", "")),
+    "tune": Section(
+        "Per chip (v5e, v6e, v7x): the block sizes `codegen tune` chose; the build for that chip "
+        "makes them the entry point's defaults.",
+        TUNE_FIELDS,
+    ),
 }
 REQUIRED_SECTIONS = ("axes", "tensors", "compute")
 
 
 def json_schema() -> dict:
-    """The spec's JSON Schema, derived from `SCHEMA`."""
+    """The spec's JSON Schema, derived from `SCHEMA`.
+
+    Rule and activation names are enumerated from the planner and the IR, so the
+    schema cannot drift from what a build accepts.
+    """
+    from codegen.ir import ACTIVATIONS
+    from codegen.rules import RULE_NAMES
 
     def field_schema(f: Field) -> dict:
         base = {
@@ -116,6 +135,8 @@ def json_schema() -> dict:
             "axis_list": {"type": "array", "items": {"type": "string", "pattern": DIM.pattern}},
             "enum": {"enum": list(f.choices)},
             "mapping": entry_schema(f.fields) if f.fields else {},
+            "sizes": {"type": "object", "propertyNames": {"pattern": IDENTIFIER.pattern},
+                      "additionalProperties": {"type": "integer", "minimum": 1}},
         }[f.kind]
         return {**base, "description": f.doc} if f.doc else base
 
@@ -130,6 +151,10 @@ def json_schema() -> dict:
         }
 
     properties = {}
+    names = {
+        # a param holds a number, a switch, or an activation's name
+        "params": {"anyOf": [{"type": ["number", "boolean"]}, {"enum": list(ACTIVATIONS)}]},
+    }
     for key, item in SCHEMA.items():
         if isinstance(item, Field):
             properties[key] = field_schema(item)
@@ -138,8 +163,9 @@ def json_schema() -> dict:
                 "type": "object",
                 "description": item.doc,
                 "propertyNames": {"pattern": IDENTIFIER.pattern},
-                "additionalProperties": entry_schema(item.entry),
+                "additionalProperties": names.get(key, entry_schema(item.entry)),
             }
+    properties["rules"]["propertyNames"] = {"enum": list(RULE_NAMES)}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "tpu-codegen kernel spec",
@@ -185,6 +211,7 @@ class Axis:
     block_loc: Location | None = None
     jagged: Jagged | None = None
     paged: Paged | None = None
+    max_loc: Location | None = None
 
     @property
     def segment(self) -> str | None:
@@ -251,6 +278,16 @@ class RuleSwitch:
     loc: Location
 
 
+@dataclass(frozen=True)
+class TuneEntry:
+    chip: str
+    shapes: dict[str, int]
+    blocks: dict[str, int]
+    estimated_cycles: int | None
+    compiler: str
+    loc: Location
+
+
 @dataclass
 class Spec:
     name: str
@@ -267,6 +304,7 @@ class Spec:
     sha256: str
     name_loc: Location
     overrides: dict[str, object] = field(default_factory=dict)
+    tune: dict[str, TuneEntry] = field(default_factory=dict)
 
 
 # --- validation -------------------------------------------------------------
@@ -289,7 +327,7 @@ def _check_keys(node: Node, allowed, what: str) -> None:
 
 def _identifier(node: Node | str, loc: Location, what: str) -> str:
     text = node.value if isinstance(node, Node) else node
-    if not isinstance(text, str) or not IDENTIFIER.match(text):
+    if not isinstance(text, str) or not IDENTIFIER.fullmatch(text):
         raise SpecError(
             f"{what} {text!r} is not a valid name",
             loc,
@@ -303,6 +341,9 @@ def _identifier(node: Node | str, loc: Location, what: str) -> str:
 def _scalar_field(node: Node, f: Field, what: str):
     value = node.value
     if f.kind == "int":
+        # JSON Schema (and so every editor) counts 128.0 as an integer: so do we.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"{what} must be a positive integer, got {value!r}", node.loc)
         return value
@@ -340,11 +381,13 @@ def _scalar_field(node: Node, f: Field, what: str):
 
 
 def _dims(node: Node, what: str) -> tuple[Dim, ...]:
-    if not isinstance(node.value, list):
-        raise SpecError(f"{what} must be a list of axis names, e.g. [m, n]", node.loc)
+    if not isinstance(node.value, list) or not node.value:
+        raise SpecError(f"{what} must be a non-empty list of axis names, e.g. [m, n]", node.loc)
     dims = []
     for item in node.value:
-        text = item.value if isinstance(item.value, str) else ""
+        if not isinstance(item.value, str):
+            raise SpecError(f"{what}: {item.value!r} is not an axis name", item.loc)
+        text = item.value
         plus_one = text.endswith("+1")
         if "*" in text:
             parts = text.split("*")
@@ -371,9 +414,20 @@ def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]
             out[key] = _dims(child, f"{what}.{key}")
         elif f.kind == "mapping":
             out[key] = _entry(child, f.fields, f"{what}.{key}")
+        elif f.kind == "sizes":
+            out[key] = _sizes(child, f"{what}.{key}")
         else:
             out[key] = _scalar_field(child, f, f"{what}.{key}")
         out[key + "_loc"] = child.loc
+    return out
+
+
+def _sizes(node: Node, what: str) -> dict[str, int]:
+    """A mapping of names to positive integers, e.g. {m: 2048, n: 2048}."""
+    out = {}
+    for key, child in _expect_mapping(node, what).items():
+        _identifier(key, node.key_locs[key], f"{what} name")
+        out[key] = _scalar_field(child, Field("int", ""), f"{what}.{key}")
     return out
 
 
@@ -395,17 +449,26 @@ def parse_override(text: str) -> tuple[str, object]:
     """Parse one `-D NAME=VALUE` build option."""
     name, sep, raw = text.partition("=")
     where = Location("<command line>", 1, 1)
-    if not sep or not IDENTIFIER.match(name.strip()):
-        raise SpecError(f"-D expects NAME=VALUE, got {text!r}", where)
+    if not sep or not IDENTIFIER.fullmatch(name.strip()):
+        raise SpecError(f"-D expects NAME=VALUE, got {_shown(text)}", where)
+    problem = f"-D {name}: {_shown(raw)} is not a number, boolean or name"
+    if not raw.strip() or "\n" in raw or "\r" in raw:
+        raise SpecError(problem, where)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = None
-    if isinstance(value, str) and not IDENTIFIER.match(value):
+        # A value means what it would mean in the spec: same numbers, same limits.
+        value = load_yaml(raw, "<command line>").value
+    except SpecError as err:
+        raise SpecError(f"-D {name}: {err.message}", where, err.hint) from None
+    if isinstance(value, str) and not IDENTIFIER.fullmatch(value):
         value = None
     if value is None or not isinstance(value, (bool, int, float, str)):
-        raise SpecError(f"-D {name}: {raw!r} is not a number, boolean or name", where)
+        raise SpecError(problem, where)
     return name.strip(), value
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for a one-line message, cut short if long."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _apply_override(param: Param, value, where: Location) -> Param:
@@ -420,7 +483,10 @@ def _apply_override(param: Param, value, where: Location) -> Param:
     return Param(param.name, value, param.loc)
 
 
-def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None) -> Spec:
+def parse_spec(
+    text: str, file: str, overrides: dict[str, object] | None = None, header_path: str | None = None
+) -> Spec:
+    """Parse and validate a spec; errors name `file`, the header names `header_path` (default `file`)."""
     root = load_yaml(text, file)
     top = _expect_mapping(root, "the spec")
     _check_keys(root, SCHEMA, "the spec")
@@ -467,7 +533,9 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
             paged = Paged(g["table"], g["lengths"], g["segment"], g.get("page_size", 16), e["paged_loc"])
         if jagged and paged:
             raise SpecError(f"axis '{aname}' cannot be both jagged and paged", e["paged_loc"])
-        axes[aname] = Axis(aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged, paged)
+        axes[aname] = Axis(
+            aname, e.get("block"), e.get("max"), loc, e.get("block_loc"), jagged, paged, e.get("max_loc")
+        )
 
     tensors: dict[str, Tensor] = {}
     for tname, (node, loc) in section("tensors").items():
@@ -499,6 +567,17 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
     for rname, (node, loc) in section("rules").items():
         rules[rname] = RuleSwitch(rname, _scalar_field(node, SCHEMA["rules"].entry, f"rules.{rname}"), loc)
 
+    tune: dict[str, TuneEntry] = {}
+    for chip, (node, loc) in section("tune").items():
+        if chip not in CHIPS:
+            raise SpecError(f"tune.{chip}: not a chip", loc, did_you_mean(chip, CHIPS) or f"chips: {', '.join(CHIPS)}")
+        e = _entry(node, TUNE_FIELDS, f"tune.{chip}")
+        for axis, block_loc in node.value["blocks"].key_locs.items():
+            if axis not in axes or (axes[axis].block is None):
+                raise SpecError(f"tune.{chip}.blocks: '{axis}' is not an axis with a block", block_loc,
+                                did_you_mean(axis, [a for a in axes if axes[a].block]))
+        tune[chip] = TuneEntry(chip, e["shapes"], e["blocks"], e.get("estimated_cycles"), e.get("compiler", ""), loc)
+
     lowering = _scalar_field(top["lowering"], SCHEMA["lowering"], "lowering") if "lowering" in top else None
     _check_names(params, axes, tensors, accumulators, compute)
     _check_jagged(axes, tensors)
@@ -522,10 +601,11 @@ def parse_spec(text: str, file: str, overrides: dict[str, object] | None = None)
         rules=rules,
         lowering=lowering,
         lowering_loc=top["lowering"].loc if "lowering" in top else None,
-        file=file,
+        file=header_path or file,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         name_loc=top["name"].loc,
         overrides=dict(overrides or {}),
+        tune=tune,
     )
 
 
@@ -583,6 +663,10 @@ def _check_dims_known(dims: tuple[Dim, ...], axes: dict[str, Axis], what: str) -
         raise SpecError(f"{what} has no dims", None)
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def _check_names(params, axes, tensors, accumulators, compute) -> None:
     """One namespace: a name means one thing, in the spec and in the generated code."""
     owners: dict[str, tuple[str, Location]] = {}
@@ -591,11 +675,15 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             if name in owners:
                 other_kind, other_loc = owners[name]
                 raise SpecError(
-                    f"'{name}' names both a {other_kind} (line {other_loc.line}) and a {kind}", item.loc
+                    f"'{name}' names both {_a(other_kind)} (line {other_loc.line}) and {_a(kind)}", item.loc
                 )
             owners[name] = (kind, item.loc)
     values = (*tensors, *(st.name for st in compute))
     derived = names.generated_names(axes, (*tensors, *accumulators), values)
+    for t in tensors.values():
+        for group in t.fused:
+            if len(group) > 1:  # the caller's dim `a*b` is bound to a local named a_b
+                derived["_".join(group)] = "*".join(group)
     for name, (kind, loc) in owners.items():
         if name in derived:
             raise SpecError(
@@ -616,13 +704,20 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
             raise SpecError(f"compute assigns to {owners[st.name][0]} '{st.name}'", st.loc)
 
 
-def load_spec(path: Path, display_path: str, overrides: dict[str, object] | None = None) -> Spec:
+def load_spec(
+    path: Path, display_path: str, overrides: dict[str, object] | None = None, shown_path: str | None = None
+) -> Spec:
+    """Load the spec at `path`. `display_path` goes into the generated header; errors
+    name `shown_path`, the path as the user wrote it (default `display_path`)."""
+    shown = shown_path or display_path
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise SpecError(f"cannot read spec: {err.strerror}", Location(display_path, 1, 1)) from None
+        raise SpecError(f"cannot read spec: {err.strerror}", Location(shown, 1, 1)) from None
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError("the spec is not UTF-8 text", Location(display_path, 1, 1)) from None
-    return parse_spec(text, display_path, overrides)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError("the spec is not UTF-8 text", Location(shown, line, column)) from None
+    return parse_spec(text, shown, overrides, header_path=display_path)

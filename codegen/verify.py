@@ -244,9 +244,6 @@ def lower_for_tpu(module, plan: Plan, case: Case) -> str:
 
     _describe_cpu_as_tpu()
     fn = getattr(module, plan.ir.name)
-    # emit_pipeline reads TPU facts from the default device while tracing: here the CPU,
-    # which the module's interpret-mode set-up describes as a TPU core.
-    module._interpret_mode(True)
     sizes = case.sizes
     kwargs = {a: sizes[a] for a in _keyword_axes(plan)} | case.maxima
     args = [jax.ShapeDtypeStruct(plan.ir.caller_shape(t, sizes), getattr(jax.numpy, t.dtype)) for t in plan.ir.inputs]
@@ -280,4 +277,50 @@ def verify_built(built: Built, seed: int = 0, log=print) -> bool:
             ok = False
             log(f"  lowered for TPU ({case.name}): FAILED: {type(err).__name__}: {str(err).splitlines()[0]}")
     log(f"verify {plan.ir.name}: {'passed' if ok else 'FAILED'}")
+    return ok
+
+
+# --- compiling for a TPU chip with the real compiler ---------------------------------
+
+
+def kernel_to_compile(built: Built, case: Case, blocks: dict[str, int] | None = None):
+    """The entry point at `case`'s sizes, as the TPU compiler's child process takes it."""
+    from codegen.tpu_compile import Kernel
+
+    plan = built.plan
+    args = [(plan.ir.caller_shape(t, case.sizes), t.dtype) for t in plan.ir.inputs]
+    kwargs = {a: case.sizes[a] for a in _keyword_axes(plan)} | case.maxima | (blocks or {})
+    return Kernel(f"{plan.ir.name} ({case.name})", built.source, plan.ir.name, args, kwargs)
+
+
+def compile_cases(built: Built) -> list[Case]:
+    """The shapes verify compiles at: the same two that it lowers."""
+    all_cases = cases(built.plan)
+    return [all_cases[0], all_cases[-1]]
+
+
+def compile_for_chip(built: Built, chip: str, extra: list[Case] = (), log=print, python: str | None = None) -> bool:
+    """Compile the kernel for `chip` with libtpu at the verify shapes and at `extra`.
+
+    A failure prints the compiler's own message. Raises CompilerUnavailable when
+    libtpu is not installed.
+    """
+    from codegen.tpu_compile import compile_kernels
+
+    kernels = [kernel_to_compile(built, case) for case in [*compile_cases(built), *extra]]
+    log(f"compile {built.plan.ir.name} for {chip} with the TPU compiler (libtpu), {len(kernels)} shapes")
+    ok = True
+    for result in compile_kernels(kernels, chip, python=python):
+        if result.ok:
+            log(f"  compiled for {chip}: {result.label}: ok in {result.seconds:.1f}s")
+            continue
+        ok = False
+        log(f"  compiled for {chip}: {result.label}: FAILED")
+        message = result.error.splitlines()
+        for line in message[:40]:
+            log(f"    {line}")
+        if len(message) > 40:
+            log(f"    ... ({len(message) - 40} more lines)")
+    log(f"compile {built.plan.ir.name} for {chip}: {'passed' if ok else 'FAILED'} "
+        f"(jax {result.jax_version}, libtpu {result.libtpu_version})")
     return ok

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The suite runs kernels in TPU interpret mode on the CPU. Where libtpu is installed
+# (for the compile tests, which run it in child processes), JAX would otherwise try
+# the TPU backend first, and libtpu would ask a metadata server that is not there.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

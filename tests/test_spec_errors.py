@@ -58,7 +58,7 @@ CASES = [
     ("block not a positive integer", edit(GOOD, "m: {block: 8}", "m: {block: -8}"), r"axes.m.block must be a positive integer", 5, 14),
     ("invalid name", edit(GOOD, "  x: {dims", "  X: {dims").replace("x * alpha", "X * alpha"), r"tensor 'X' is not a valid name", 8, 3),
     ("reserved name", edit(GOOD, "alpha: 2.0", "lambda: 2.0"), r"param 'lambda' is reserved", 3, 3),
-    ("name clash", edit(GOOD, "alpha: 2.0", "m: 2.0"), r"'m' names both a param \(line 3\) and a axis", 5, 3),
+    ("name clash", edit(GOOD, "alpha: 2.0", "m: 2.0"), r"'m' names both a param \(line 3\) and an axis", 5, 3),
     ("undefined name", edit(GOOD, "out: x * alpha", "out: x * alpah"), r"undefined name 'alpah'.*did you mean 'alpha'", 11, 12),
     ("unknown function", edit(GOOD, "out: x * alpha", "out: exps(x)"), r"unknown function 'exps'.*did you mean 'exp'", 11, 8),
     ("unsupported syntax", edit(GOOD, "out: x * alpha", "out: x ** 2"), r"unsupported syntax in expression: operator Pow", 11, 8),
@@ -91,7 +91,7 @@ def test_malformed_spec(tmp_path, capsys, text, pattern, line, col):
     assert "Traceback" not in captured.err
     message = captured.err.strip()
     assert re.search(pattern, message, re.S), message
-    assert message.startswith(f"k.yaml:{line}:{col}: error: "), message
+    assert message.startswith(f"{spec}:{line}:{col}: error: "), message
     assert not out_dir.exists(), "nothing may be written on failure"
 
 

@@ -126,7 +126,8 @@ class PagedWalk(Lowering):
 
     def signature_keywords(self, plan):
         return [
-            (f"pages_per_compute_block={a.block}", f"pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
+            (f"pages_per_compute_block={plan.default_block(a.name)}",
+             f"pages_per_compute_block: pages of {a.name} per block of the in-kernel loop.")
             for a in plan.axes.values() if a.mode == "paged"
         ]
 
@@ -238,7 +239,7 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {paged_spec.lengths}_ref[{seg}_at])",
-        "        def _():",
+        "        def _(page=page):  # pl.when runs it at once; the default binds this iteration's page",
         f"            page_id = {paged_spec.table}_ref[{seg}_at, {t}_block * pages_per_compute_block + page]",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
@@ -254,7 +255,7 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
         "    for page in range(pages_per_compute_block):",
         "",
         f"        @pl.when({t}_block * block_{t} + page * page_size < {t}_size)",
-        "        def _():",
+        "        def _(page=page):",
         "            rows = pl.ds(page * page_size, page_size)",
     ]
     for op in paged_ops:

@@ -73,7 +73,8 @@ class _Pipeline(Lowering):
         lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
         body = []
         names = [f"{a}_index" for a in plan.pipeline_grid]
-        body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = indices")
+        body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = _grid_indices(pipeline_step)")
+        p.uses.add("grid_indices")
 
         # Tiles past a segment's end are launched (the grid is static) but skip their work.
         parallel_checks = []
@@ -115,7 +116,7 @@ class _Pipeline(Lowering):
 
         piped = [op for op in plan.inputs if op.memory != "any"]
         refs = [op.ref for op in piped] + [op.ref for op in plan.outputs]
-        lines += [f"def body(indices, {', '.join(refs)}):"] + indent(body) + [""]
+        lines += [f"def body(pipeline_step, {', '.join(refs)}):"] + indent(body) + [""]
         grid = []
         for a in plan.pipeline_grid:
             grid.append(p.need(tile_count(a)) if plan.axes[a].blocked else p.need(a))
@@ -132,7 +133,7 @@ class _Pipeline(Lowering):
         semantics = ", ".join(
             "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid
         )
-        hbm = [op.ref.replace("_ref", "_hbm_ref") for op in piped + plan.outputs]
+        hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped + plan.outputs]
         lines += maps.lines()
         lines += [
             f"# {plan.lowering_reason}",
@@ -152,7 +153,7 @@ class _Pipeline(Lowering):
             RefGroup("scalar prefetch (SMEM)", [(f"{t.name}_ref", "segment offsets") for t in k.scalars]),
             RefGroup(
                 "inputs and outputs, left in HBM: the pipeline moves their blocks",
-                [(op.ref.replace("_ref", "_hbm_ref"), p.hbm_comment(op)) for op in plan.inputs + plan.outputs],
+                [(op.ref.removesuffix("_ref") + "_hbm_ref", p.hbm_comment(op)) for op in plan.inputs + plan.outputs],
             ),
             RefGroup("scratch", p.accumulator_refs()),
         ]

@@ -1,0 +1,168 @@
+"""`codegen tune`: search block sizes with the TPU compiler's own estimate.
+
+Each candidate is compiled for the chip in a fresh child process with the static
+profile on (codegen.tpu_compile.profile_kernel), at the shapes given, and scored by
+its estimated cycles. The search is coordinate descent from the spec's own blocks:
+for one blocked axis at a time, every candidate size is tried with the others held,
+and the best kept; passes repeat until one changes nothing (or `passes` run out).
+
+The winner goes into the spec's `tune:` section under the chip, with the shapes it
+was tuned at and its estimate. Nothing else reads the compiler: a build stays
+offline and deterministic, taking that entry's blocks as the entry point's defaults
+when it builds for that chip.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from codegen.build import Built
+from codegen.estimate import case_from_shapes, data_dependent_note, shapes_text
+from codegen.plan import Plan
+from codegen.verify import Case, kernel_to_compile
+
+SIZES = (128, 256, 512, 1024, 2048)
+PAGES_PER_BLOCK = (1, 2, 4, 8, 16, 32)
+
+
+def block_keyword(plan: Plan, axis: str) -> str:
+    return "pages_per_compute_block" if plan.axes[axis].mode == "paged" else f"block_{axis}"
+
+
+def tunable_axes(plan: Plan) -> list[str]:
+    """The axes whose block size is an entry-point keyword."""
+    grid = plan.grid + plan.pipeline_grid
+    blocked = [a for a in grid if plan.axes[a].blocked]
+    return blocked + [a for a, ap in plan.axes.items() if ap.mode == "paged" and a not in blocked]
+
+
+def candidates(plan: Plan, case: Case, axis: str) -> list[int]:
+    """Sizes worth trying along `axis` at `case`: aligned, and none past the extent."""
+    ap, info = plan.axes[axis], plan.ir.axes[axis]
+    if ap.mode == "paged":
+        table = next(t for t in plan.ir.tensors.values() if t.name == info.paged.table)
+        pages = case.sizes[table.dims[1]]
+        return sorted({n for n in PAGES_PER_BLOCK if pages % n == 0} | {ap.block})
+    extent = case.maxima[info.jagged.max] if info.jagged else case.sizes[axis]
+    sizes = {n for n in SIZES if n % ap.alignment == 0 and n < extent}
+    if extent <= max(SIZES):
+        sizes.add(extent)  # one block over the whole extent
+    return sorted(sizes | {min(ap.block, extent)})
+
+
+@dataclass
+class Trial:
+    blocks: dict[str, int]
+    cycles: int | None
+    seconds: float
+    why_not: str = ""
+
+
+@dataclass
+class Tuned:
+    chip: str
+    shapes: dict[str, int]  # as given
+    case: Case
+    blocks: dict[str, int]  # axis -> size
+    cycles: int
+    compiler: str
+    trials: list[Trial]
+    seconds: float
+
+
+def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = None, passes: int = 2,
+         log=print) -> Tuned:
+    from codegen.tpu_compile import profile_kernel
+
+    plan = built.plan
+    case = case_from_shapes(plan, shapes, "tune")
+    axes = tunable_axes(plan)
+    if not axes:
+        raise ValueError(f"{plan.ir.name} has no block sizes to tune")
+    note = data_dependent_note(plan)
+    if note:
+        log(f"caution: {note}")
+    started = time.perf_counter()
+    trials: dict[tuple, Trial] = {}
+    compiler = ""
+
+    def score(blocks: dict[str, int]) -> Trial:
+        nonlocal compiler
+        key = tuple(sorted(blocks.items()))
+        if key in trials:
+            return trials[key]
+        kwargs = {block_keyword(plan, a): n for a, n in blocks.items()}
+        shown = " ".join(f"{k}={v}" for k, v in kwargs.items())
+        log(f"  [{len(trials) + 1}] {shown} ...", end="", flush=True)
+        result = profile_kernel(kernel_to_compile(built, case, kwargs), chip, python=python)
+        compiler = compiler or f"libtpu {result.libtpu_version}"
+        if result.ok and result.estimated_cycles is not None:
+            trial = Trial(dict(blocks), result.estimated_cycles, result.seconds)
+            log(f" {result.estimated_cycles:,} cycles ({result.seconds:.1f}s)")
+        else:
+            why = result.error.splitlines()[0] if not result.ok else result.profile_error or "no estimate"
+            trial = Trial(dict(blocks), None, result.seconds, why)
+            log(f" skipped: {why[:160]}")
+        trials[key] = trial
+        return trial
+
+    log(f"tune {plan.ir.name} for {chip} at {shapes_text(case)}: axes {', '.join(axes)}")
+    best = score({a: min(plan.axes[a].block, candidates(plan, case, a)[-1]) for a in axes})
+    for n in range(passes):
+        changed = False
+        for axis in axes:
+            for size in candidates(plan, case, axis):
+                trial = score(best.blocks | {axis: size})
+                if trial.cycles is not None and (best.cycles is None or trial.cycles < best.cycles):
+                    best, changed = trial, True
+        log(f"pass {n + 1}: best {' '.join(f'{block_keyword(plan, a)}={v}' for a, v in best.blocks.items())} "
+            f"at {best.cycles:,} cycles" if best.cycles else f"pass {n + 1}: no candidate compiled")
+        if not changed:
+            break
+    if best.cycles is None:
+        raise RuntimeError(f"no candidate compiled and profiled for {chip}: {best.why_not}")
+    return Tuned(chip, dict(shapes), case, best.blocks, best.cycles, compiler, list(trials.values()), time.perf_counter() - started)
+
+
+# --- writing the spec's tune: section -------------------------------------------
+
+_HEADER = "tune:  # by `codegen tune`: the best blocks per chip at these shapes; a build for the chip defaults to them"
+
+
+def _flow(mapping: dict[str, object]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
+
+
+def tune_section(entries: dict[str, dict]) -> str:
+    lines = [_HEADER]
+    for chip in sorted(entries):
+        e = entries[chip]
+        fields = {"shapes": _flow(e["shapes"]), "blocks": _flow(e["blocks"])}
+        if e.get("estimated_cycles"):
+            fields["estimated_cycles"] = e["estimated_cycles"]
+        if e.get("compiler"):
+            fields["compiler"] = f'"{e["compiler"]}"'
+        lines.append(f"  {chip}: {_flow(fields)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
+    """Put `tuned` under the chip in the spec's `tune:` section, keeping the other chips'
+    entries and the rest of the file as written."""
+    from codegen.build import write_atomic
+
+    text = spec_path.read_text(encoding="utf-8")
+    entries = {
+        chip: {"shapes": e.shapes, "blocks": e.blocks, "estimated_cycles": e.estimated_cycles, "compiler": e.compiler}
+        for chip, e in built.spec.tune.items()
+    }
+    entries[tuned.chip] = {"shapes": tuned.shapes, "blocks": tuned.blocks, "estimated_cycles": tuned.cycles,
+                           "compiler": tuned.compiler}
+    # The old section: its `tune:` line and every indented, blank or comment line after it.
+    kept = re.sub(r"(?m)^tune:.*\n(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*)\n)*", "", text)
+    if kept and not kept.endswith("\n"):
+        kept += "\n"
+    write_atomic(spec_path, kept + tune_section(entries))

@@ -1,0 +1,237 @@
+"""The real TPU compiler: every spec compiles for v5e, v6e and v7x; estimates are read.
+
+The compiles need libtpu (`pip install -e '.[tpu]'`, which CI does) and run in child
+processes; the tests of the parsing and of the shapes run everywhere.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from codegen.build import build_source
+from codegen.cli import main
+from codegen.errors import SpecError
+from codegen.estimate import case_from_shapes
+from codegen.tpu_compile import TOPOLOGY, Compiled, libtpu_installed, read_profile
+
+from conftest import SPECS
+
+SPEC_FILES = sorted(SPECS.glob("*.yaml"))  # a new spec is covered without a change here
+CHIPS = sorted(TOPOLOGY)
+
+needs_libtpu = pytest.mark.skipif(not libtpu_installed(), reason="libtpu is not installed: pip install -e '.[tpu]'")
+
+
+@pytest.fixture(scope="module")
+def compiled_at_verify_shapes():
+    """{(spec name, chip): [Compiled, ...]}, one child process per chip for all specs."""
+    from codegen.tpu_compile import compile_kernels
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    built = {path.stem: build_source(path) for path in SPEC_FILES}
+    results = {}
+    for chip in CHIPS:
+        kernels = [(name, kernel_to_compile(b, case)) for name, b in built.items() for case in compile_cases(b)]
+        for (name, _), result in zip(kernels, compile_kernels([k for _, k in kernels], chip)):
+            results.setdefault((name, chip), []).append(result)
+    return results
+
+
+@needs_libtpu
+@pytest.mark.parametrize("chip", CHIPS)
+@pytest.mark.parametrize("spec", [p.stem for p in SPEC_FILES])
+def test_every_spec_compiles_for_every_chip(compiled_at_verify_shapes, spec, chip):
+    results = compiled_at_verify_shapes[spec, chip]
+    assert results, "no shapes compiled"
+    for result in results:
+        assert result.ok, f"{result.label} on {chip}:\n{result.error}"
+        assert result.chip == chip
+
+
+@needs_libtpu
+def test_a_compile_failure_carries_the_compilers_message():
+    from codegen.tpu_compile import compile_kernels
+    from codegen.verify import Case, kernel_to_compile
+
+    built = build_source(SPECS / "exp.yaml")
+    # Four 64 MiB windows (input and output, double-buffered) cannot fit 128 MiB of VMEM.
+    too_big = kernel_to_compile(built, Case("4096 x 4096 blocks", {"m": 4096, "n": 4096}), {"block_m": 4096, "block_n": 4096})
+    (result,) = compile_kernels([too_big], "v5e")
+    assert not result.ok
+    assert "vmem" in result.error.lower() and "RESOURCE_EXHAUSTED" in result.error
+
+
+def test_verify_exits_1_and_prints_the_compilers_message(monkeypatch, capsys):
+    import codegen.tpu_compile as tpu_compile
+
+    def failing(kernels, chip, python=None, timeout=0):
+        return [Compiled(k.label, chip, ok=False, error="JaxRuntimeError: the compiler's own words\nsecond line",
+                         jax_version="x", libtpu_version="y") for k in kernels]
+
+    monkeypatch.setattr(tpu_compile, "compile_kernels", failing)
+    monkeypatch.setattr(tpu_compile, "libtpu_installed", lambda python=None: True)
+    assert main(["verify", str(SPECS / "axpy.yaml"), "--chip", "v6e"]) == 1
+    out = capsys.readouterr().out
+    assert "verify axpy: passed" in out, "interpret mode and lowering still ran, and passed"
+    assert "the compiler's own words" in out and "second line" in out
+    assert "compile axpy for v6e: FAILED" in out
+
+
+def test_verify_with_a_chip_but_no_compiler_says_how_to_get_it(monkeypatch, capsys):
+    import codegen.tpu_compile as tpu_compile
+
+    monkeypatch.setattr(tpu_compile, "libtpu_installed", lambda python=None: False)
+    assert main(["verify", str(SPECS / "axpy.yaml"), "--chip", "v6e"]) == 1
+    assert "tpu-codegen[tpu]" in capsys.readouterr().err
+
+
+@needs_libtpu
+def test_verify_compiles_at_the_given_shapes_too(capsys):
+    assert main(["verify", str(SPECS / "exp.yaml"), "--chip", "v6e", "--shape", "m=512", "--shape", "n=1024"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"compiled for v6e: exp \(--shape\): ok", out)
+    assert "compile exp for v6e: passed" in out
+
+
+def _estimated_cycles(out: str) -> int:
+    match = re.search(r"estimated cycles: ([\d,]+)", out)
+    assert match, out
+    return int(match.group(1).replace(",", ""))
+
+
+@needs_libtpu
+def test_estimate_grows_with_the_work_and_reports_spills_and_vmem(capsys):
+    spec = str(SPECS / "exp.yaml")
+    assert main(["estimate", spec, "--chip", "v6e", "--shape", "m=256", "--shape", "n=512"]) == 0
+    small = capsys.readouterr().out
+    assert main(["estimate", spec, "--chip", "v6e", "--shape", "m=2048", "--shape", "n=2048"]) == 0
+    large = capsys.readouterr().out
+    assert _estimated_cycles(large) > 4 * _estimated_cycles(small)  # 32 times the elements
+    assert re.search(r"spills: VMEM \d+ spills / \d+ fills", large)
+    assert re.search(r"VMEM: [\d.]+ MiB scoped", large)
+    assert "GHz" in large and "% of the 1.64 TB/s HBM bandwidth" in large
+
+
+@needs_libtpu
+def test_estimate_on_v7x_gives_cycles_or_says_why_not(capsys):
+    code = main(["estimate", str(SPECS / "axpy.yaml"), "--chip", "v7x", "--shape", "m=256", "--shape", "n=256"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"estimated cycles: [\d,]+ ", out) or "estimated cycles: unavailable: the profiler of libtpu" in out
+
+
+def test_profile_dumps_are_read(tmp_path):
+    profile, dump = tmp_path / "profile", tmp_path / "dump"
+    profile.mkdir()
+    dump.mkdir()
+    (profile / "k.1_static_llo_profile.textproto").write_text(
+        'hlo_op_estimate {\n  hlo_op_name: "k.1"\n  estimated_cycles: 9074\n}\n')
+    (profile / "fusion_static_llo_profile.textproto").write_text("hlo_op_estimate {\n  estimated_cycles: 26\n}\n")
+    (dump / "1-TLP-74-hlo-static-bundle-profile.txt").write_text(
+        "HLO: <no-hlo-instruction>\n - VMEM_SPILL_COUNT: (3/200) - 0.015\n - VMEM_FILL_COUNT: (4/200) - 0.02\n"
+        " - SMEM_SPILL_COUNT: (1/200) - 0.005\n - SMEM_FILL_COUNT: (0/200) - 0\n"
+        'HLO: %k.1 = custom-call(), backend_config={"used_scoped_memory_configs":[{"memory_space":"1",'
+        '"offset":"0","size":"458752"}],"bundle_analysis_data":{}}\n - VMEM_SPILL_COUNT: (2/6) - 0.3\n')
+    result = Compiled("k", "v6e", ok=True)
+    read_profile(result, profile, dump)
+    assert result.estimated_cycles == 9100
+    assert (result.vmem_spills, result.vmem_fills, result.smem_spills, result.smem_fills) == (5, 4, 1, 0)
+    assert result.scoped_vmem_bytes == 458752
+
+
+def test_shapes_for_a_jagged_spec_default_to_full_segments():
+    plan = build_source(SPECS / "gdpa.yaml").plan
+    case = case_from_shapes(plan, {"b": 4, "max_seq_len": 1024, "skv": 256, "h": 8, "d": 128})
+    assert case.sizes["sq"] == 4 * 1024 and case.maxima == {"max_seq_len": 1024}
+    with pytest.raises(SpecError, match="needs a size for skv"):
+        case_from_shapes(plan, {"b": 4, "max_seq_len": 1024, "h": 8, "d": 128})
+    with pytest.raises(SpecError, match="nope is not an axis"):
+        case_from_shapes(plan, {"nope": 1})
+
+
+def test_shapes_for_a_paged_spec_size_the_page_pool():
+    plan = build_source(SPECS / "paged_attention.yaml").plan
+    case = case_from_shapes(plan, {"b": 8, "kvh": 2, "g": 4, "d": 128, "pages": 64})
+    k_pages = plan.ir.tensors["k_pages"]
+    assert plan.ir.caller_shape(k_pages, case.sizes) == (2, 8 * 64, 16, 128)
+
+
+# --- codegen tune and the spec's tune: section -----------------------------------------
+
+BMM_TUNED = """
+tune:  # blocks per chip
+  v6e: {shapes: {batch: 4, m: 2048, n: 2048, k: 2048}, blocks: {m: 256, n: 512, k: 1024}, estimated_cycles: 5}
+"""
+
+
+def test_a_tune_entry_sets_the_default_blocks_of_the_build_for_its_chip(tmp_path):
+    from conftest import build_text
+
+    text = (SPECS / "bmm.yaml").read_text() + BMM_TUNED
+    tuned = build_text(tmp_path, text, chip="v6e")
+    assert "def bmm(a, b, *, block_m=256, block_n=512, block_k=1024, interpret=False):" in tuned.source
+    other_chip = build_text(tmp_path, text, chip="v5e")
+    assert "def bmm(a, b, *, block_m=128, block_n=128, block_k=128, interpret=False):" in other_chip.source
+    assert tuned.spec.tune["v6e"].shapes == {"batch": 4, "m": 2048, "n": 2048, "k": 2048}
+
+
+@pytest.mark.parametrize("section, message", [
+    ("tune:\n  v9z: {shapes: {m: 1}, blocks: {m: 8}}\n", "tune.v9z: not a chip"),
+    ("tune:\n  v6e: {shapes: {m: 1}, blocks: {batch: 8}}\n", "'batch' is not an axis with a block"),
+    ("tune:\n  v6e: {shapes: {m: 1}, blocks: {m: 0}}\n", "must be a positive integer"),
+    ("tune:\n  v6e: {blocks: {m: 8}}\n", "missing required key 'shapes'"),
+])
+def test_a_wrong_tune_entry_is_a_spec_error(tmp_path, section, message):
+    from conftest import build_text
+
+    with pytest.raises(SpecError, match=re.escape(message)):
+        build_text(tmp_path, (SPECS / "bmm.yaml").read_text() + section)
+
+
+def test_writing_a_tune_entry_keeps_the_spec_and_the_other_chips(tmp_path):
+    from codegen.tune import Tuned, write_tune_entry
+    from codegen.verify import Case
+
+    path = tmp_path / "bmm.yaml"
+    original = (SPECS / "bmm.yaml").read_text()
+    path.write_text(original + BMM_TUNED)
+    built = build_source(path)
+    shapes = {"batch": 2, "m": 512, "n": 512, "k": 512}
+    write_tune_entry(path, built, Tuned("v5e", shapes, Case("tune", shapes), {"m": 512, "n": 256, "k": 512}, 77,
+                                        "libtpu 0.0.42.1", [], 1.0))
+    text = path.read_text()
+    assert text.startswith(original), "the rest of the spec, comments included, is left as written"
+    reread = build_source(path).spec.tune
+    assert reread["v5e"].blocks == {"m": 512, "n": 256, "k": 512} and reread["v5e"].estimated_cycles == 77
+    assert reread["v6e"].blocks == {"m": 256, "n": 512, "k": 1024}, "the other chip's entry stays"
+    assert text.count("tune:") == 1
+
+
+@needs_libtpu
+def test_tune_compiles_candidates_and_records_the_best(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text((SPECS / "exp.yaml").read_text())
+    assert main(["tune", str(path), "--chip", "v6e", "--shape", "m=256", "--shape", "n=512", "--passes", "1"]) == 0
+    out = capsys.readouterr().out
+    trials = {tuple(re.findall(r"block_\w+=\d+", line)): int(cycles.replace(",", ""))
+              for line, cycles in re.findall(r"(\[\d+\] .*?) \.\.\. ([\d,]+) cycles", out)}
+    assert len(trials) >= 3, out
+    entry = build_source(path).spec.tune["v6e"]
+    assert entry.shapes == {"m": 256, "n": 512}
+    assert entry.estimated_cycles == min(trials.values())
+    assert "tune.v6e written" in out
+
+
+def test_tune_candidates_are_aligned_and_stop_at_the_extent():
+    from codegen.tune import candidates, tunable_axes
+
+    bmm = build_source(SPECS / "bmm.yaml").plan
+    case = case_from_shapes(bmm, {"batch": 2, "m": 300, "n": 1024, "k": 4096})
+    assert tunable_axes(bmm) == ["m", "n", "k"]
+    assert candidates(bmm, case, "m") == [128, 256, 300]  # 300: one block over all of m
+    assert candidates(bmm, case, "n") == [128, 256, 512, 1024]
+    assert candidates(bmm, case, "k") == [128, 256, 512, 1024, 2048]
+    paged = build_source(SPECS / "paged_attention.yaml").plan
+    case = case_from_shapes(paged, {"b": 2, "kvh": 1, "g": 4, "d": 128, "pages": 12})
+    assert candidates(paged, case, "t") == [1, 2, 4]  # pages per block must divide the table's width

@@ -16,12 +16,14 @@ from codegen.errors import SpecError
 from codegen.plan import Plan
 from codegen.verify import Case, _keyword_axes
 
-# The compiler estimates cycles; its clock is not in libtpu's output, nor published as
-# such. These are the bf16 peak per TensorCore (jax's `pltpu.get_tpu_info_for_chip`,
-# the Cloud TPU pages) over the MXUs' multiply-adds per cycle, 2 * MXUs * width^2, with
-# 4 MXUs per TensorCore: 128x128 on v5e (1.50 GHz), 256x256 on v6e and v7x.
-CLOCK_HZ = {"v5e": 1.50e9, "v6e": 1.75e9, "v7x": 2.20e9}
-CLOCK_SOURCE = "bf16 peak / (2 x 4 MXUs x MXU width^2): derived, not a published clock"
+# The compiler estimates cycles; no clock is in libtpu's output, nor published for
+# v6e and v7x. The one used makes a kernel that keeps every MXU busy run at the chip's
+# bf16 peak: peak / (2 FLOP x MXUs x width^2), with the peak, MXU count and width of
+# jax's `pltpu.get_tpu_info_for_chip` (per TensorCore). The compiler agrees on the
+# MXUs: it estimates a bf16-pass bmm with 1024 blocks on v6e at 264k FLOP per cycle,
+# which is 2 x 256^2 MXUs' worth.
+CLOCK_HZ = {"v5e": 197e12 / (2 * 4 * 128**2), "v6e": 920e12 / (2 * 2 * 256**2), "v7x": 1155e12 / (2 * 2 * 256**2)}
+CLOCK_SOURCE = "bf16 peak / (2 x MXUs x MXU width^2), jax TpuInfo; makes MXU-bound = peak"
 
 
 def parse_shapes(values: list[str]) -> dict[str, int]:

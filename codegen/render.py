@@ -270,7 +270,7 @@ class Entry:
             joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
             call.append(f"return {', '.join(joined)}")
         if p.unit.asks_tpu_info:  # the kernel is traced for the TPU that _target_tpu names
-            call = ["with _target_tpu():"] + [f"    {line}" for line in call]
+            call = ["with _target_tpu(interpret):"] + [f"    {line}" for line in call]
         # No backward kernel exists: differentiating raises a clear error instead of failing inside Pallas.
         guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
         call.insert(0, f'{guarded} = _forward_only("{k.name}", {", ".join(args)})')

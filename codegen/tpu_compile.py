@@ -172,9 +172,10 @@ def read_profile(result: Compiled, profile_dir: Path, dump_dir: Path) -> None:
     an XLA peer). Spill and fill counts are static: instructions in the final
     bundles, not executions. Scoped VMEM is the most any one op reserved.
     """
-    profiles = sorted(profile_dir.glob("*static_llo_profile.textproto"))
-    if profiles:
-        result.estimated_cycles = sum(int(m) for p in profiles for m in _CYCLES.findall(p.read_text(errors="replace")))
+    cycles = [int(m) for p in sorted(profile_dir.glob("*static_llo_profile.textproto"))
+              for m in _CYCLES.findall(p.read_text(errors="replace"))]
+    if any(cycles):  # no estimate at all (none written, or all zero) is not zero cycles
+        result.estimated_cycles = sum(cycles)
     bundles = sorted(dump_dir.glob("*hlo-static-bundle-profile.txt"))
     if bundles:
         counts = {("VMEM", "SPILL"): 0, ("VMEM", "FILL"): 0, ("SMEM", "SPILL"): 0, ("SMEM", "FILL"): 0}

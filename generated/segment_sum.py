@@ -104,20 +104,33 @@ def _interpret_mode(interpret):
     return pltpu.InterpretParams() if interpret is True else interpret
 
 
-def _target_tpu():
-    """A context that names the TPU to trace for, where none is the default device.
+def _target_tpu(interpret):
+    """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
 
-    emit_pipeline reads TPU facts (tiling, VMEM) from the device it traces for. On a
-    CPU (interpret mode, or lowering for TPU from a CPU) there is none, so an abstract
-    mesh names a v5e core.
+    Lowering for TPU from a CPU (jax.export, say) gets it from a public abstract mesh
+    naming a v5e core. TPU interpret mode runs its kernel on the CPU, where JAX refuses
+    to run under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip:
+    there the CPU's device kind is entered as a v5e in jax's private TPU info registry.
     """
     device = jax.config.jax_default_device or jax.devices()[0]
-    if getattr(device, "platform", device) == "tpu":
+    device = jax.devices(device)[0] if isinstance(device, str) else device
+    if device.platform == "tpu":
         return contextlib.nullcontext()
-    v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
-    return jax.sharding.use_abstract_mesh(
-        jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+    if interpret is False:
+        v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
+        return jax.sharding.use_abstract_mesh(
+            jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+        )
+    from jax._src.pallas.mosaic import tpu_info
+
+    if not hasattr(tpu_info, "registry"):
+        raise NotImplementedError(
+            f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
+        )
+    tpu_info.registry.setdefault(
+        device.device_kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
     )
+    return contextlib.nullcontext()
 
 
 def _segment_sum_kernel(
@@ -220,7 +233,7 @@ def segment_sum(x, offsets, *, max_seq_len, block_t=256, debug=False, interpret=
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     offsets, x = _forward_only("segment_sum", offsets, x)
-    with _target_tpu():
+    with _target_tpu(interpret):
         return pl.pallas_call(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(

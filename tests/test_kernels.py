@@ -110,7 +110,7 @@ def test_bmm_without_its_k_mask_reads_nan(nan_interpret):
     """The NaN fill makes a missing tail mask visible: this is what the mask prevents."""
     module = checked_in_module("bmm")
     module._mask_tail = lambda x, axis, start, size, fill: x
-    out = np.asarray(module.bmm(normal(1, 16, 200), normal(1, 200, 128), interpret=nan_interpret))
+    out = np.asarray(module.bmm(normal(1, 16, 200), normal(1, 200, 128), block_k=128, interpret=nan_interpret))
     assert np.isnan(out).any()
 
 

@@ -159,6 +159,11 @@ def test_shapes_for_a_paged_spec_size_the_page_pool():
 
 # --- codegen tune and the spec's tune: section -----------------------------------------
 
+def _bmm_untuned() -> str:
+    """specs/bmm.yaml without its own tune: section (the last one in the file)."""
+    return (SPECS / "bmm.yaml").read_text().split("\ntune:")[0] + "\n"
+
+
 BMM_TUNED = """
 tune:  # blocks per chip
   v6e: {shapes: {batch: 4, m: 2048, n: 2048, k: 2048}, blocks: {m: 256, n: 512, k: 1024}, estimated_cycles: 5}
@@ -168,7 +173,7 @@ tune:  # blocks per chip
 def test_a_tune_entry_sets_the_default_blocks_of_the_build_for_its_chip(tmp_path):
     from conftest import build_text
 
-    text = (SPECS / "bmm.yaml").read_text() + BMM_TUNED
+    text = _bmm_untuned() + BMM_TUNED
     tuned = build_text(tmp_path, text, chip="v6e")
     assert "def bmm(a, b, *, block_m=256, block_n=512, block_k=1024, interpret=False):" in tuned.source
     other_chip = build_text(tmp_path, text, chip="v5e")
@@ -186,7 +191,7 @@ def test_a_wrong_tune_entry_is_a_spec_error(tmp_path, section, message):
     from conftest import build_text
 
     with pytest.raises(SpecError, match=re.escape(message)):
-        build_text(tmp_path, (SPECS / "bmm.yaml").read_text() + section)
+        build_text(tmp_path, _bmm_untuned() + section)
 
 
 def test_writing_a_tune_entry_keeps_the_spec_and_the_other_chips(tmp_path):
@@ -194,7 +199,7 @@ def test_writing_a_tune_entry_keeps_the_spec_and_the_other_chips(tmp_path):
     from codegen.verify import Case
 
     path = tmp_path / "bmm.yaml"
-    original = (SPECS / "bmm.yaml").read_text()
+    original = _bmm_untuned()
     path.write_text(original + BMM_TUNED)
     built = build_source(path)
     shapes = {"batch": 2, "m": 512, "n": 512, "k": 512}

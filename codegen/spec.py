@@ -692,7 +692,7 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
     for a in axes.values():  # a jagged axis's max is an entry keyword that expressions read
         if a.jagged and (a.jagged.max in owners or any(st.name == a.jagged.max for st in compute)):
             what = owners[a.jagged.max][0] if a.jagged.max in owners else "compute statement"
-            raise SpecError(f"jagged max '{a.jagged.max}' also names a {what}", a.jagged.loc, "rename one of them")
+            raise SpecError(f"jagged max '{a.jagged.max}' clashes with the {what} of that name", a.jagged.loc, "rename one of them")
     for st in compute:
         if st.name in derived:
             raise SpecError(

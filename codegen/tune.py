@@ -152,7 +152,7 @@ def tune_section(entries: dict[str, dict]) -> str:
 def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
     """Put `tuned` under the chip in the spec's `tune:` section, keeping the other chips'
     entries and the rest of the file as written."""
-    from codegen.build import write_atomic
+    from codegen.build import write_files
 
     text = spec_path.read_text(encoding="utf-8")
     entries = {
@@ -165,4 +165,4 @@ def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
     kept = re.sub(r"(?m)^tune:.*\n(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*)\n)*", "", text)
     if kept and not kept.endswith("\n"):
         kept += "\n"
-    write_atomic(spec_path, kept + tune_section(entries))
+    write_files({spec_path: kept + tune_section(entries)})

@@ -4,8 +4,9 @@ Usage:
   python benchmarks/compiler_estimates.py [--chips v5e v6e v7x] [--python PATH | --v7x-python PATH] \
       > benchmarks/compiler_estimates_results.md
 
-For each spec at the shapes in SHAPES, on each chip, the generated kernel and a peer
-are compiled the same way, each in a fresh child process with libtpu's static profile
+For each spec at the shapes in SHAPES, on each chip, the generated kernel (built for
+that chip, so with its tuned default blocks where the spec has them) and a peer are
+compiled the same way, each in a fresh child process with libtpu's static profile
 on (codegen.tpu_compile.profile_kernel), and their estimated cycles compared. Peers
 are JAX's hand-written Pallas kernels where one exists (flash_attention,
 paged_attention), else XLA's own jnp implementation, with f32 matmuls at HIGHEST
@@ -129,15 +130,16 @@ def main() -> int:
 
 def measure(args, started, rows, notes, versions) -> None:
     for name in args.specs:
-        built = build_source(ROOT / "specs" / f"{name}.yaml")
-        case = case_from_shapes(built.plan, SHAPES[name], "benchmark")
-        kernel = kernel_to_compile(built, case)
         peer_label, peer_source = PEERS[name]
-        peer = Kernel(f"{name} peer", _HEADER + peer_source, "peer", kernel.args, {})
-        note = data_dependent_note(built.plan)
-        if note:
-            notes[name] = note
         for chip in args.chips:
+            # Built for the chip: its default blocks are the spec's tune: entry for it, if any.
+            built = build_source(ROOT / "specs" / f"{name}.yaml", chip=chip)
+            case = case_from_shapes(built.plan, SHAPES[name], "benchmark")
+            kernel = kernel_to_compile(built, case)
+            peer = Kernel(f"{name} peer", _HEADER + peer_source, "peer", kernel.args, {})
+            note = data_dependent_note(built.plan)
+            if note:
+                notes[name] = note
             python = (args.v7x_python if chip == "v7x" else None) or args.python
             measured = {}
             for who, k in (("generated", kernel), ("peer", peer)):

@@ -423,7 +423,7 @@ def test_a_max_keyword_that_also_names_something_else_is_a_spec_error(tmp_path, 
     else:
         text = SELF_ATTENTION.replace("axes:\n", clash + "axes:\n")
     err = spec_error(tmp_path, capsys, text)
-    assert "jagged max 'max_seq_len' also names a" in err
+    assert "jagged max 'max_seq_len' clashes with the" in err
 
 
 def test_attention_with_a_bias_over_the_key_axis(tmp_path, nan_interpret):

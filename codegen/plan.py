@@ -92,6 +92,8 @@ class Plan:
     mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
     # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).
     unit_major: list[str] = field(default_factory=list)
+    # Outputs allocated to whole tiles in interpret mode: tensor -> [(kernel dim position, tile)].
+    tile_padded_outputs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
     accumulator_layouts: dict[str, Layout] = field(default_factory=dict)

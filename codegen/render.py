@@ -220,11 +220,16 @@ class Entry:
         return JNP_DTYPE[t.dtype]
 
     def out_shapes(self) -> list[str]:
-        k = self.k
-        return [
-            f"jax.ShapeDtypeStruct({self.kernel_shape(k.tensors[op.tensor])}, {self.dtype(k.tensors[op.tensor])})"
-            for op in self.plan.outputs
-        ]
+        k, out = self.k, []
+        for op in self.plan.outputs:
+            dims = self.plan.kernel_dims(op.tensor)
+            for position, tile in self.plan.tile_padded_outputs.get(op.tensor, []):
+                dims[position] = f"_tile_padded({dims[position]}, {tile}, interpret)"
+                self.uses_tile_padded = True
+            out.append(f"jax.ShapeDtypeStruct({_tuple(dims)}, {self.dtype(k.tensors[op.tensor])})")
+        return out
+
+    uses_tile_padded = False
 
     def accumulator_scratch(self) -> list[tuple[str, str]]:
         """Scratch entries of the accumulators, each with the kernel ref it becomes."""
@@ -263,11 +268,21 @@ class Entry:
             op for op in p.outputs
             if any(len(g) > 1 for g in k.tensors[op.tensor].fused) or op.tensor in p.unit_major
         ]
-        if fused_outputs:  # outputs come back in the kernel's shape: the caller's again
+        padded = [op for op in p.outputs if op.tensor in p.tile_padded_outputs]
+        if fused_outputs or padded:  # outputs come back in the kernel's shape: the caller's again
             names = [op.tensor for op in p.outputs]
             at = next(i for i, line in enumerate(call) if line == "return pl.pallas_call(")
             call[at] = f"{', '.join(names)}{',' if len(names) == 1 and len(p.outputs) > 1 else ''} = pl.pallas_call("
-            joined = [f"{n}.reshape{self.shape(k.tensors[n])}" if op in fused_outputs else n for n, op in zip(names, p.outputs)]
+            joined = []
+            for n, op in zip(names, p.outputs):
+                text = n
+                if op in padded:  # interpret mode's whole tiles, cut back to the array
+                    dims = p.kernel_dims(n)
+                    cut = [f":{dims[i]}" if any(i == pos for pos, _ in p.tile_padded_outputs[n]) else ":" for i in range(len(dims))]
+                    text += f"[{', '.join(cut)}]"
+                if op in fused_outputs:
+                    text += f".reshape{self.shape(k.tensors[n])}"
+                joined.append(text)
             call.append(f"return {', '.join(joined)}")
         if p.unit.asks_tpu_info:  # the kernel is traced for the TPU that _target_tpu names
             call = ["with _target_tpu(interpret):"] + [f"    {line}" for line in call]
@@ -367,6 +382,8 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
     stdlib = ["import contextlib"] if plan.unit.asks_tpu_info else []
+    if "bounded_tile" in uses:
+        stdlib.append("import dataclasses")
     if kernel.static_args:
         stdlib.append("import functools")
     if "math" in uses:
@@ -395,7 +412,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         docstring=docstring(module_doc),
         imports=imports,
         constants=constants,
-        helpers=uses,
+        helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()),
         activations=[a for a in ir.ACTIVATIONS if a in uses],
         pipeline=plan.unit.asks_tpu_info,
         # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.

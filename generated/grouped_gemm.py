@@ -8,6 +8,7 @@ and group g's rows are multiplied by rhs[g]. An empty group gives no rows; f32 r
 """
 
 import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -34,6 +35,15 @@ def _bounded_tile(tile, block, size):
     """
     start = tile * block
     return pl.ds(start, jnp.minimum(block, size - start))
+
+
+def _tile_padded(size, tile, interpret):
+    """`size`, rounded up to whole tiles in interpret mode.
+
+    A bounded block's last DMA writes up to its tile's edge: a TPU's tiled HBM layout
+    holds that padding, the interpreter's arrays do not, so they get it here.
+    """
+    return size if interpret is False else -(-size // tile) * tile
 
 
 def _jagged_tile(offsets_ref, segment, tile, block):
@@ -111,29 +121,38 @@ def _block_size(name, block, size, multiple):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    return pltpu.InterpretParams() if interpret is True else interpret
+    params = pltpu.InterpretParams() if interpret is True else interpret
+    if params is not False:
+        # A bounded block's DMA may reach past the array's end up to its last tile's edge:
+        # a TPU's tiled HBM layout holds that padding, the interpreter does not.
+        params = dataclasses.replace(params, out_of_bounds_reads="uninitialized")
+    return params
 
 
 def _target_tpu(interpret):
     """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
 
-    Lowering for TPU from a CPU (jax.export, say) gets it from a public abstract mesh
-    naming a v5e core. TPU interpret mode runs its kernel on the CPU, where JAX refuses
-    to run under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip:
-    there the CPU's device kind is entered as a v5e in jax's private TPU info registry.
+    Off a TPU the CPU's device kind is entered as a v5e in jax's private TPU info
+    registry: TPU interpret mode runs its kernel on the CPU, where JAX refuses to run
+    under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip; and under
+    jax 0.12's abstract mesh, emit_pipeline gives a rank-1 block a sharding of the wrong
+    rank. Lowering for TPU (jax.export, say) falls back to a public abstract mesh naming
+    a v5e core where the registry is gone.
     """
     device = jax.config.jax_default_device or jax.devices()[0]
     device = jax.devices(device)[0] if isinstance(device, str) else device
     if device.platform == "tpu":
         return contextlib.nullcontext()
-    if interpret is False:
-        v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
-        return jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
-        )
     from jax._src.pallas.mosaic import tpu_info
 
     if not hasattr(tpu_info, "registry"):
+        if interpret is False:
+            v5e = jax.sharding.AbstractDevice(
+                device_kind="TPU v5 lite", num_cores=1, platform="tpu"
+            )
+            return jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+            )
         raise NotImplementedError(
             f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
         )
@@ -308,9 +327,9 @@ def grouped_gemm(
                     pltpu.VMEM((block_t, block_n), jnp.float32),  # out_acc_ref
                 ],
             ),
-            out_shape=jax.ShapeDtypeStruct((t, 1, n), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct((t, 1, _tile_padded(n, 128, interpret)), jnp.float32),
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
         )(group_offsets, lhs, rhs)
-        return out.reshape(t, n)
+        return out[:, :, :n].reshape(t, n)

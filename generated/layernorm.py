@@ -55,7 +55,8 @@ def _block_size(name, block, size, multiple):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    return pltpu.InterpretParams() if interpret is True else interpret
+    params = pltpu.InterpretParams() if interpret is True else interpret
+    return params
 
 
 def _layernorm_kernel(

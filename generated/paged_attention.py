@@ -68,7 +68,8 @@ def _check_input(name, x, shape, dtype):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    return pltpu.InterpretParams() if interpret is True else interpret
+    params = pltpu.InterpretParams() if interpret is True else interpret
+    return params
 
 
 def _paged_attention_kernel(

@@ -101,29 +101,34 @@ def _block_size(name, block, size, multiple):
 
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
-    return pltpu.InterpretParams() if interpret is True else interpret
+    params = pltpu.InterpretParams() if interpret is True else interpret
+    return params
 
 
 def _target_tpu(interpret):
     """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
 
-    Lowering for TPU from a CPU (jax.export, say) gets it from a public abstract mesh
-    naming a v5e core. TPU interpret mode runs its kernel on the CPU, where JAX refuses
-    to run under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip:
-    there the CPU's device kind is entered as a v5e in jax's private TPU info registry.
+    Off a TPU the CPU's device kind is entered as a v5e in jax's private TPU info
+    registry: TPU interpret mode runs its kernel on the CPU, where JAX refuses to run
+    under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip; and under
+    jax 0.12's abstract mesh, emit_pipeline gives a rank-1 block a sharding of the wrong
+    rank. Lowering for TPU (jax.export, say) falls back to a public abstract mesh naming
+    a v5e core where the registry is gone.
     """
     device = jax.config.jax_default_device or jax.devices()[0]
     device = jax.devices(device)[0] if isinstance(device, str) else device
     if device.platform == "tpu":
         return contextlib.nullcontext()
-    if interpret is False:
-        v5e = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
-        return jax.sharding.use_abstract_mesh(
-            jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
-        )
     from jax._src.pallas.mosaic import tpu_info
 
     if not hasattr(tpu_info, "registry"):
+        if interpret is False:
+            v5e = jax.sharding.AbstractDevice(
+                device_kind="TPU v5 lite", num_cores=1, platform="tpu"
+            )
+            return jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+            )
         raise NotImplementedError(
             f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
         )

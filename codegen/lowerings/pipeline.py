@@ -55,6 +55,20 @@ class _Pipeline(Lowering):
         for t in plan.ir.tensors.values():
             if not t.scalar and len(t.dims) >= 2 and plan.axes[t.dims[-2]].mode == "jagged":
                 plan.unit_major.append(t.name)
+        # A bounded block's last DMA reaches its tile's edge; a TPU's tiled HBM layout holds
+        # that padding, interpret mode's arrays do not: outputs get it there (the entry point
+        # allocates them to whole tiles and slices them back).
+        from codegen.chips import LANES, sublane_tile
+
+        for op in plan.outputs:
+            t = plan.ir.tensors[op.tensor]
+            dims = plan.kernel_dims(op.tensor)
+            padded = []
+            for position in (len(dims) - 2, len(dims) - 1):
+                if position >= 0 and dims[position] != "1" and plan.axes[dims[position]].mode == "tiled":
+                    padded.append((position, LANES if position == len(dims) - 1 else sublane_tile(t.dtype)))
+            if padded:
+                plan.tile_padded_outputs[op.tensor] = padded
         # Such an input is masked as it is read, in its own shape: Mosaic cannot select on the
         # block once the unit dim is merged away.
         ragged = plan.ragged_axes

@@ -282,6 +282,9 @@ def clamp_range(cond: Condition, axis: str, block: str, bounds, value) -> tuple[
     last). Empty where the condition does not bound it."""
     if len(cond.any_of) != 1 or not integral(cond):
         return [], []
+    # A param may be a float (window: 40.0): the floor division is still the right bound,
+    # but a block index must be an integer.
+    floats = any(kind == "param" for c in cond.comparisons for (kind, _), _ in c.expr.terms)
     firsts, lasts = [], []
     for c in cond.any_of[0]:
         coef = c.expr.coefficient(("index", axis))
@@ -298,6 +301,8 @@ def clamp_range(cond: Condition, axis: str, block: str, bounds, value) -> tuple[
             lift = f"{_number(coef)} * ({block} - 1)" if coef != 1 else f"({block} - 1)"
             # t >= ceil(-(high + lift) / step) = -((high + lift) // step)
             firsts.append(f"-(({high} + {lift}) // {step})")
+    if floats:
+        firsts, lasts = [f"jnp.int32({x})" for x in firsts], [f"jnp.int32({x})" for x in lasts]
     return firsts, lasts
 
 

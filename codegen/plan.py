@@ -126,6 +126,18 @@ class Plan:
         return LOWERINGS[self.lowering]
 
     @property
+    def needs_tpu_facts(self) -> bool:
+        """Whether tracing the kernel asks which TPU it is for: emit_pipeline does, and so does
+        Pallas's check of a rank-1 block against the chip's tiling."""
+        if self.unit.asks_tpu_info:
+            return True
+        return any(
+            len(self.block_dims(self.ir.tensors[op.tensor].dims)) == 1
+            for op in self.inputs + self.outputs
+            if op.memory == "blocked"
+        )
+
+    @property
     def block_grid(self) -> list[str]:
         """The grid whose indices BlockSpecs see: the pipeline's, or the pallas_call's."""
         return self.unit.block_grid(self)

@@ -535,10 +535,12 @@ class KernelPrinter:
             text, prec = self.expr(v, sec)
             if v.dtype != self.k.tensors[st.name].dtype:
                 text = f"{self.paren(text, prec, ATOM)}.astype({self.output_ref(st.name)}.dtype)"
-            text = self.transposed(text, st)
+                prec = ATOM
+            moved = self.transposed(text, st)
+            prec, text = (ATOM, moved) if moved != text else (prec, text)
             ref = self.output_ref(st.name)
             if st.name in self.plan.unit_major:  # the block keeps the unit dim it is passed with
-                text = f"({text}).reshape({ref}.shape)"
+                text = f"{self.paren(text, prec, ATOM)}.reshape({ref}.shape)"
             sec.lines.append(f"{ref}[...] = {text}")
         else:
             self.update(st, sec)

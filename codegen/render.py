@@ -284,7 +284,7 @@ class Entry:
                     text += f".reshape{self.shape(k.tensors[n])}"
                 joined.append(text)
             call.append(f"return {', '.join(joined)}")
-        if p.unit.asks_tpu_info:  # the kernel is traced for the TPU that _target_tpu names
+        if p.needs_tpu_facts:  # the kernel is traced for the TPU that _target_tpu names
             call = ["with _target_tpu(interpret):"] + [f"    {line}" for line in call]
         # No backward kernel exists: differentiating raises a clear error instead of failing inside Pallas.
         guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
@@ -381,7 +381,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
     entry = Entry(plan)
     entry_lines = entry.build(kernel)
     uses = set(kernel.uses)
-    stdlib = ["import contextlib"] if plan.unit.asks_tpu_info else []
+    stdlib = ["import contextlib"] if plan.needs_tpu_facts else []
     if "bounded_tile" in uses:
         stdlib.append("import dataclasses")
     if kernel.static_args:
@@ -414,7 +414,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         constants=constants,
         helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()),
         activations=[a for a in ir.ACTIVATIONS if a in uses],
-        pipeline=plan.unit.asks_tpu_info,
+        pipeline=plan.needs_tpu_facts,
         # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.
         ambiguous_names=sorted({n for n in (*k.tensors, *k.accumulators, *(st.name for st in k.statements)) if n in ("l", "O", "I")}),
         debug_helpers=sorted({c.split("(")[0].lstrip("_") for c in entry.debug_checks()}),

@@ -223,26 +223,10 @@ def interpret_params():
     return pltpu.InterpretParams(uninitialized_memory="nan")
 
 
-def _describe_cpu_as_tpu() -> None:
-    """Let the lowering ask this machine which TPU it is: Pallas checks rank-1 blocks against
-    the chip's tiling, and a CPU has no answer. jax 0.10 keeps TPU facts in a registry by
-    device kind; the CPU is described as a v5e core, as the generated modules do for
-    interpret mode."""
-    import jax
-    from jax._src.pallas.mosaic import tpu_info
-    from jax.experimental.pallas import tpu as pltpu
-
-    if jax.devices()[0].platform == "cpu" and hasattr(tpu_info, "registry"):
-        tpu_info.registry.setdefault(
-            jax.devices()[0].device_kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
-        )
-
-
 def lower_for_tpu(module, plan: Plan, case: Case) -> str:
     """Lower the entry point for TPU from this machine; returns the StableHLO text."""
     import jax
 
-    _describe_cpu_as_tpu()
     fn = getattr(module, plan.ir.name)
     sizes = case.sizes
     kwargs = {a: sizes[a] for a in _keyword_axes(plan)} | case.maxima

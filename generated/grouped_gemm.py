@@ -205,7 +205,7 @@ def _grouped_gemm_kernel(
 
         @pl.when(tile_valid & (k_index == num_k_tiles - 1))
         def _finalize():
-            out_ref[...] = (out_acc_ref[...]).reshape(out_ref.shape)
+            out_ref[...] = out_acc_ref[...].reshape(out_ref.shape)
 
     def lhs_index_map(g_index, n_index, t_index, k_index):
         return (

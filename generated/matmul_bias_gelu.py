@@ -7,6 +7,7 @@
 bias broadcast over the rows, and the tanh GELU applied once after the last block.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -66,6 +67,39 @@ def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
     params = pltpu.InterpretParams() if interpret is True else interpret
     return params
+
+
+def _target_tpu(interpret):
+    """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
+
+    Off a TPU the CPU's device kind is entered as a v5e in jax's private TPU info
+    registry: TPU interpret mode runs its kernel on the CPU, where JAX refuses to run
+    under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip; and under
+    jax 0.12's abstract mesh, emit_pipeline gives a rank-1 block a sharding of the wrong
+    rank. Lowering for TPU (jax.export, say) falls back to a public abstract mesh naming
+    a v5e core where the registry is gone.
+    """
+    device = jax.config.jax_default_device or jax.devices()[0]
+    device = jax.devices(device)[0] if isinstance(device, str) else device
+    if device.platform == "tpu":
+        return contextlib.nullcontext()
+    from jax._src.pallas.mosaic import tpu_info
+
+    if not hasattr(tpu_info, "registry"):
+        if interpret is False:
+            v5e = jax.sharding.AbstractDevice(
+                device_kind="TPU v5 lite", num_cores=1, platform="tpu"
+            )
+            return jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+            )
+        raise NotImplementedError(
+            f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
+        )
+    tpu_info.registry.setdefault(
+        device.device_kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
+    )
+    return contextlib.nullcontext()
 
 
 def _matmul_bias_gelu_kernel(
@@ -137,37 +171,38 @@ def matmul_bias_gelu(a, b, bias, *, block_m=256, block_n=256, block_k=512, inter
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     a, b, bias = _forward_only("matmul_bias_gelu", a, b, bias)
+    with _target_tpu(interpret):
 
-    def a_index_map(m_index, n_index, k_index):
-        return (m_index, k_index)
+        def a_index_map(m_index, n_index, k_index):
+            return (m_index, k_index)
 
-    def b_index_map(m_index, n_index, k_index):
-        return (k_index, n_index)
+        def b_index_map(m_index, n_index, k_index):
+            return (k_index, n_index)
 
-    def bias_index_map(m_index, n_index, k_index):
-        return (n_index,)
+        def bias_index_map(m_index, n_index, k_index):
+            return (n_index,)
 
-    def out_index_map(m_index, n_index, k_index):
-        return (m_index, n_index)
+        def out_index_map(m_index, n_index, k_index):
+            return (m_index, n_index)
 
-    return pl.pallas_call(
-        kernel,
-        grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),
-        in_specs=[
-            pl.BlockSpec((block_m, block_k), a_index_map),
-            pl.BlockSpec((block_k, block_n), b_index_map),
-            # invariant_load: 'bias' [n] shares no axis with the 'k' loop: one resident buffer, read in-loop, no prefetch across 'k' steps
-            pl.BlockSpec((block_n,), bias_index_map, pipeline_mode=pl.Buffered(1)),
-        ],
-        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
-        out_specs=pl.BlockSpec((block_m, block_n), out_index_map),
-        out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
-        scratch_shapes=[
-            pltpu.VMEM((block_m, block_n), jnp.float32),  # out_acc_ref
-        ],
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "arbitrary")
-        ),
-        cost_estimate=cost,
-        interpret=_interpret_mode(interpret),
-    )(a, b, bias)
+        return pl.pallas_call(
+            kernel,
+            grid=(pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),
+            in_specs=[
+                pl.BlockSpec((block_m, block_k), a_index_map),
+                pl.BlockSpec((block_k, block_n), b_index_map),
+                # invariant_load: 'bias' [n] shares no axis with the 'k' loop: one resident buffer, read in-loop, no prefetch across 'k' steps
+                pl.BlockSpec((block_n,), bias_index_map, pipeline_mode=pl.Buffered(1)),
+            ],
+            # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+            out_specs=pl.BlockSpec((block_m, block_n), out_index_map),
+            out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
+            scratch_shapes=[
+                pltpu.VMEM((block_m, block_n), jnp.float32),  # out_acc_ref
+            ],
+            compiler_params=pltpu.CompilerParams(
+                dimension_semantics=("parallel", "parallel", "arbitrary")
+            ),
+            cost_estimate=cost,
+            interpret=_interpret_mode(interpret),
+        )(a, b, bias)

@@ -7,6 +7,7 @@
 rsqrt(mean(x^2 over n) + 1e-6) * w.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -59,6 +60,39 @@ def _interpret_mode(interpret):
     return params
 
 
+def _target_tpu(interpret):
+    """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
+
+    Off a TPU the CPU's device kind is entered as a v5e in jax's private TPU info
+    registry: TPU interpret mode runs its kernel on the CPU, where JAX refuses to run
+    under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip; and under
+    jax 0.12's abstract mesh, emit_pipeline gives a rank-1 block a sharding of the wrong
+    rank. Lowering for TPU (jax.export, say) falls back to a public abstract mesh naming
+    a v5e core where the registry is gone.
+    """
+    device = jax.config.jax_default_device or jax.devices()[0]
+    device = jax.devices(device)[0] if isinstance(device, str) else device
+    if device.platform == "tpu":
+        return contextlib.nullcontext()
+    from jax._src.pallas.mosaic import tpu_info
+
+    if not hasattr(tpu_info, "registry"):
+        if interpret is False:
+            v5e = jax.sharding.AbstractDevice(
+                device_kind="TPU v5 lite", num_cores=1, platform="tpu"
+            )
+            return jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+            )
+        raise NotImplementedError(
+            f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
+        )
+    tpu_info.registry.setdefault(
+        device.device_kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
+    )
+    return contextlib.nullcontext()
+
+
 def _rmsnorm_kernel(
     # inputs
     x_ref,  # x block [block_m, n], 2 buffers
@@ -104,24 +138,25 @@ def rmsnorm(x, w, *, block_m=64, interpret=False):
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
     x, w = _forward_only("rmsnorm", x, w)
+    with _target_tpu(interpret):
 
-    def x_out_index_map(m_index):
-        return (m_index, 0)
+        def x_out_index_map(m_index):
+            return (m_index, 0)
 
-    def w_index_map(m_index):
-        return (0,)
+        def w_index_map(m_index):
+            return (0,)
 
-    return pl.pallas_call(
-        kernel,
-        grid=(pl.cdiv(m, block_m),),
-        in_specs=[
-            pl.BlockSpec((block_m, n), x_out_index_map),
-            pl.BlockSpec((n,), w_index_map, pipeline_mode=pl.Buffered(1)),
-        ],
-        # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
-        out_specs=pl.BlockSpec((block_m, n), x_out_index_map),
-        out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
-        cost_estimate=cost,
-        interpret=_interpret_mode(interpret),
-    )(x, w)
+        return pl.pallas_call(
+            kernel,
+            grid=(pl.cdiv(m, block_m),),
+            in_specs=[
+                pl.BlockSpec((block_m, n), x_out_index_map),
+                pl.BlockSpec((n,), w_index_map, pipeline_mode=pl.Buffered(1)),
+            ],
+            # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
+            out_specs=pl.BlockSpec((block_m, n), x_out_index_map),
+            out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
+            compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+            cost_estimate=cost,
+            interpret=_interpret_mode(interpret),
+        )(x, w)

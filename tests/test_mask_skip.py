@@ -174,3 +174,29 @@ def test_hstu_plan_skips_and_lowers_for_tpu():
     assert plan.lowering == "outer_pipeline"
     case = Case("lowering", {"b": 4, "sq": 4096, "skv": 4096, "h": 8, "d": 128}, maxima={"max_seq_len": 2048})
     assert "tpu_custom_call" in lower_for_tpu(checked_in_module("hstu"), plan, case)
+
+
+# Bottom-right aligned, windowed attention: more keys than queries, and a window width that
+# is a float param, so the live range needs both clamps and integer block indices.
+SLIDING = (ROOT / "tests" / "specs" / "sliding_window.yaml").read_text()
+
+
+def test_sliding_window_with_more_keys_than_queries(tmp_path, nan_interpret):
+    built = build_text(tmp_path, SLIDING)
+    assert built.plan.mask_skip is not None
+    assert "jnp.int32(" in built.source  # the clamp of a float window is an integer block index
+    rng = np.random.default_rng(4)
+    sq, skv, window = 19, 35, 12.0
+    q = jnp.asarray(rng.standard_normal((2, sq, D)), jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal((2, skv, D)), jnp.float32) for _ in range(2))
+    got = np.asarray(
+        load_module(built.source, "sliding_window").sliding_window(q, k, v, block_sq=BLOCK, block_skv=BLOCK, interpret=nan_interpret)
+    )
+    i = np.arange(sq)[:, None] + skv - sq  # query row i sits at key position i + skv - sq
+    j = np.arange(skv)[None, :]
+    allowed = (j <= i) & (j > i - window)
+    s = np.einsum("bqd,bkd->bqk", np.asarray(q, np.float64), np.asarray(k, np.float64))
+    s = np.where(allowed, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    want = np.einsum("bqk,bkd->bqd", p / p.sum(-1, keepdims=True), np.asarray(v, np.float64))
+    np.testing.assert_allclose(got, want, atol=2e-5)

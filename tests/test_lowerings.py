@@ -68,3 +68,12 @@ def test_generated_names_cover_every_pattern():
     derived = names.generated_names(["m"], ["x"], ["s"])
     assert {"block_m", "m_index", "num_m_tiles", "x_ref", "x_hbm_ref", "x_index_map", "s_masked"} <= set(derived)
     assert all(derived[n] in ("m", "x", "s") for n in derived)
+
+
+def test_every_package_is_installed():
+    """A wheel (the environment pre-commit builds for the hook) carries only listed packages."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"not installed: {sorted(found - listed)}"

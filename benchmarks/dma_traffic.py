@@ -43,8 +43,8 @@ def counting_traffic():
     """Count what interpreted Pallas TPU kernels move between HBM and VMEM.
 
     This reaches into the TPU interpreter of jax 0.10 and 0.12 (the same there): its
-    DMA start, DMA write-out, and the `get`/`store` callbacks that move pallas_call
-    blocks. Nothing else here does.
+    DMA start, DMA write-out, the `get`/`store` callbacks that move pallas_call blocks,
+    and its grid order. Nothing else here does.
     """
     if not jax.__version__.startswith(("0.10.", "0.12.")):
         raise RuntimeError(f"the traffic hook knows the interpreter of jax 0.10 and 0.12, not jax {jax.__version__}")
@@ -54,6 +54,7 @@ def counting_traffic():
     traffic = Traffic()
     saved = {name: getattr(interp, name) for name in ("dma_start", "get", "store")}
     saved_write = interp.DMA.execute_write
+    saved_order = interp._get_randomized_grid_coordinates
 
     def dma_start(*args, **kwargs):
         traffic.dmas += 1
@@ -86,11 +87,15 @@ def counting_traffic():
     jax.clear_caches()  # kernels traced before the hook would keep the old callbacks
     interp.dma_start, interp.get, interp.store = dma_start, get, store
     interp.DMA.execute_write = execute_write
+    # One TensorCore walks the grid in order. The interpreter shuffles 'parallel' dims (to
+    # expose races), and the blocks a step reuses from the step before depend on the order.
+    interp._get_randomized_grid_coordinates = lambda grid, *_: (np.zeros((0,), np.int32),) * len(grid)
     try:
         yield traffic
     finally:
         interp.dma_start, interp.get, interp.store = saved["dma_start"], saved["get"], saved["store"]
         interp.DMA.execute_write = saved_write
+        interp._get_randomized_grid_coordinates = saved_order
         jax.clear_caches()
 
 
@@ -146,8 +151,18 @@ EXTRA_CASES = {
 }
 
 
-def measure(name: str, pick=lambda plan: cases(plan)[0]):
-    built = build_source(ROOT / "specs" / f"{name}.yaml")
+def measure(name: str, pick=lambda plan: cases(plan)[0], rules: dict[str, str] | None = None):
+    """One kernel's traffic at one case; `rules` switches rules of its spec (in a copy)."""
+    path = ROOT / "specs" / f"{name}.yaml"
+    if rules:
+        import tempfile
+
+        text = path.read_text()
+        for rule, state in rules.items():
+            text = text.replace(f"rules: {{{rule}: on}}", f"rules: {{{rule}: {state}}}")
+        path = Path(tempfile.mkdtemp()) / f"{name}.yaml"
+        path.write_text(text)
+    built = build_source(path)
     plan = built.plan
     case = pick(plan)
     inputs = random_inputs(plan, case, np.random.default_rng(0))
@@ -184,6 +199,7 @@ def main() -> None:
     print("| kernel | case | grid steps | kernel DMAs | pipeline block copies | HBM->VMEM bytes | minimum | "
           "VMEM->HBM bytes | minimum | total / minimum |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    long_sequence = {}
     for name in names:
         plan, case, inputs, traffic = measure(name)
         print(row(name, traffic, minimum_bytes(plan, case, inputs), case.name))
@@ -191,11 +207,27 @@ def main() -> None:
         for i in range(len(extra(plan)) if extra else 0):
             plan, case, inputs, traffic = measure(name, lambda plan, i=i: extra(plan)[i])
             print(row(name, traffic, minimum_bytes(plan, case, inputs), case.name))
+            if extra is long_sequence_cases:
+                long_sequence[name] = traffic
         if name == "paged_attention":
             block = plan.axes[plan.ir.ordered_axis].block
             jax_traffic = measure_jax_paged_attention(inputs, block)
             print(row("JAX paged_attention", jax_traffic, minimum_bytes(plan, case, inputs), "same inputs"))
+    causal, full = long_sequence["causal_attention"], long_sequence["attention"]
+    *_, forward = measure("attention", lambda plan: long_sequence_cases(plan)[0], {"snake_order": "off"})
+    moved = lambda t: t.hbm_to_vmem + t.vmem_to_hbm  # noqa: E731
+    print(f"\ncausal_attention against attention at S=2048, one head, the same blocks: "
+          f"{moved(causal) / moved(full):.3f}x the bytes ({causal.block_copies} block copies against "
+          f"{full.block_copies}), and {moved(causal) / moved(forward):.3f}x those of attention with "
+          f"snake_order off ({forward.block_copies} block copies); the same {causal.grid_steps} grid steps, "
+          f"of which mask_skip leaves {live_tiles(2048, 128)} computing.")
     print(NOTES)
+
+
+def live_tiles(s: int, block: int) -> int:
+    """(q tile, kv tile) pairs with a key at or before a query: causal attention's work."""
+    n = -(-s // block)
+    return n * (n + 1) // 2
 
 
 NOTES = """
@@ -209,12 +241,14 @@ NOTES = """
   one emit_pipeline inside a single pallas_call step, whose copies count as kernel DMAs.)
 - **attention: K and V once per query block.** Its grid walks kv inside each (batch, head,
   q block): at S=2048 with 128-row blocks K/V are read 16 times (8.50x).
-- **causal_attention: mask_skip.** A q tile fetches only the K/V blocks up to the diagonal,
-  so at S=2048 it moves 0.555x the bytes of attention (0.542x of its reads: 270 K/V block
-  fetches against 512). Two things keep it above half: the diagonal blocks are half used,
-  so K/V cost (n+1)/2n of the full walk with n = 16 blocks, and q tile i+1 starts again at
-  K/V block 0 where tile i ended on block i, a fetch that walking every other q tile's keys
-  backwards would save.
+- **causal_attention: mask_skip and snake_order** (the line under the table). A q tile
+  fetches only the K/V blocks up to the diagonal, and computes only those tiles. The
+  diagonal blocks are half used, so K/V cost (n+1)/2n of the full walk with n = 16 blocks.
+  With two buffers, a tile can reuse at most one block of the tile before; snake_order
+  gets that reuse at every q tile: odd tiles walk forward from block 0, where the even
+  tile before ended, and even tiles walk backwards from the block below their diagonal,
+  where the odd tile before ended. attention gets the plain rule: each q tile after the
+  first starts on its predecessor's last block.
 - **bmm, matmul_bias_gelu: A once per column block, B once per row block** (1.67x).
 - **gdpa_jagged, hstu: K and V once per q tile.** A segment's kv rows are walked again for
   each of its q tiles (up to 3 here); hstu's causal mask (mask_skip) skips the kv tiles

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from codegen import expr as ast
+from codegen.chips import ITEMSIZE
 from codegen.errors import Location, SpecError, did_you_mean
 from codegen.spec import DTYPES, Axis, Spec
 
@@ -187,6 +188,7 @@ class Statement:
     target: str  # "value" | "tensor" | "accumulator"
     phase: str  # "step" | "final" | "neutral" (needs neither: placed by its consumers)
     loc: Location
+    pass_index: int = 0  # which pass over the ordered axis does it, when it is walked in passes
 
 
 @dataclass
@@ -204,6 +206,9 @@ class KernelIR:
     # Tiled axes held whole in each block, because a reduction over one is used elementwise
     # against it (a softmax over a segment's rows): see `_axes_used_against_their_reductions`.
     whole_axes: set[str] = field(default_factory=set)
+    # How many times the ordered axis is walked: above 1 when a reduction over it is used
+    # elementwise against it and the axis is not kept whole (see `_assign_passes`).
+    passes: int = 1
     flops: dict[tuple[str, ...], int] = field(default_factory=dict)
     transcendentals: dict[tuple[str, ...], int] = field(default_factory=dict)
 
@@ -271,9 +276,11 @@ def _union(*dim_lists: tuple[str, ...]) -> tuple[str, ...]:
 # --- lowering -----------------------------------------------------------------
 
 class _Lowering:
-    def __init__(self, spec: Spec, whole: frozenset[str] = frozenset(), probe: bool = False):
+    def __init__(self, spec: Spec, whole: frozenset[str] = frozenset(), probe: bool = False,
+                 in_passes: frozenset[str] = frozenset()):
         self.spec = spec
         self.whole = whole  # tiled axes kept whole in each block: reductions over them stay in-block
+        self.in_passes = in_passes  # tiled axes walked once per level of nested reductions, then once to write
         self.probe = probe  # a first pass that only finds `whole`: no accumulators, no checks
         self.env: dict[str, Value] = {}
         self.defined_at: dict[str, Location] = {}
@@ -538,7 +545,7 @@ class _Lowering:
         if not self.tiled(axis) or axis in self.whole or self.probe:
             return v
         explicitly_ordered = any(a.over == axis for a in self.accumulators.values() if a.synthesized_from is None)
-        if not writes_tensor:
+        if not writes_tensor and axis not in self.in_passes:
             if explicitly_ordered:
                 return v  # a per-tile partial result, combined by a declared accumulator
             raise SpecError(
@@ -623,7 +630,11 @@ class _Lowering:
                 second.loc,
             )
         ordered = next(iter(overs), None)
-        statements = _assign_phases(self.statements, ordered, spec)
+        passes = 1
+        if ordered in self.in_passes:
+            statements, passes = _assign_passes(self.statements, ordered, spec)
+        else:
+            statements = _assign_phases(self.statements, ordered, spec)
         tensors = {
             t.name: TensorInfo(
                 t.name, t.axes, t.dtype, t.name in self.tensor_reads, t.name in self.tensor_writes, t.loc,
@@ -643,6 +654,7 @@ class _Lowering:
             ordered_axis=ordered,
             reduced_axes=self.reduced,
             whole_axes=set(self.whole),
+            passes=passes,
             flops=self.flops,
             transcendentals=self.transcendentals,
         )
@@ -699,6 +711,42 @@ def _assign_phases(statements: list[Statement], ordered: str | None, spec: Spec)
     ]
 
 
+def _assign_passes(statements: list[Statement], axis: str, spec: Spec) -> tuple[list[Statement], int]:
+    """Walk `axis` in passes: pass p folds the reductions that read the final values of
+    pass p-1's, and outputs along `axis` are written in the pass after the last they read.
+    Values are placed by their consumers, in every pass that needs them."""
+    level: dict[str, int] = {}  # accumulator -> the pass that folds it
+    ready: dict[str, int] = {}  # value -> the first pass in which its inputs are final
+
+    def first_pass(v: Value) -> int:
+        p = 0
+        for w in walk(v):
+            if isinstance(w, AccRead) and w.updated:
+                p = max(p, level[w.accumulator] + 1)
+            elif isinstance(w, ValueRef):
+                p = max(p, ready[w.name])
+        return p
+
+    out = []
+    for st in statements:
+        p = first_pass(st.value)
+        if st.target == "accumulator":
+            level[st.name] = p
+            out.append(Statement(st.name, st.value, st.target, "step", st.loc, p))
+        elif st.target == "tensor":
+            along = axis in spec.tensors[st.name].axes
+            out.append(Statement(st.name, st.value, st.target, "step" if along else "final", st.loc, p))
+        else:
+            ready[st.name] = p
+            out.append(Statement(st.name, st.value, st.target, "neutral", st.loc, p))
+    # One pass writes every output along the axis: their blocks move only then.
+    writes = [st for st in out if st.target == "tensor" and st.phase == "step"]
+    write_pass = max((st.pass_index for st in writes), default=-1)
+    out = [Statement(st.name, st.value, st.target, st.phase, st.loc, write_pass) if st in writes else st for st in out]
+    passes = max([write_pass, *level.values()]) + 1
+    return out, passes
+
+
 def _scalar_role(spec: Spec, tensor: str) -> tuple[str | None, str | None]:
     """Whether a tensor describes an axis (segment offsets, a page table, lengths), and which."""
     for a in spec.axes.values():
@@ -752,8 +800,41 @@ def runtime_scalars(spec: Spec) -> list[str]:
     return list(dict.fromkeys(a.jagged.max for a in spec.axes.values() if a.jagged))
 
 
+# Above this, an axis's whole extent (its `max`) is walked in passes rather than held in
+# VMEM: the smallest scoped-VMEM default of the chips planned for, with both buffers.
+WHOLE_AXIS_BUDGET = 16 * 1024 * 1024
+
+
+def whole_axis_bytes(spec: Spec, axis: str) -> int | None:
+    """VMEM that blocks holding `axis` whole would take, double-buffered, where the spec
+    bounds it (`max`); None where nothing bounds it."""
+    a = spec.axes[axis]
+    if a.jagged or a.max is None:
+        return None
+    total = 0
+    for t in spec.tensors.values():
+        if axis in t.axes:
+            n = a.max * ITEMSIZE[t.dtype] * 2
+            for d in t.axes:
+                if d != axis:
+                    n *= spec.axes[d].block or 1
+            total += n
+    return total
+
+
+def keeps_whole(spec: Spec, axis: str) -> bool:
+    """Whether a tiled axis that a reduction over it meets again is held whole in each
+    block (one pass) or walked in passes: the `keep_whole` rule's decision."""
+    switch = spec.rules.get("keep_whole")
+    if switch is not None and not switch.enabled:
+        return False
+    size = whole_axis_bytes(spec, axis)
+    return size is None or size <= WHOLE_AXIS_BUDGET
+
+
 def lower(spec: Spec) -> KernelIR:
     probe = _Lowering(spec, probe=True)
     probe.lower_statements()
-    whole = _axes_used_against_their_reductions(probe.statements, spec)
-    return _Lowering(spec, whole).run()
+    found = _axes_used_against_their_reductions(probe.statements, spec)
+    whole = frozenset(a for a in found if keeps_whole(spec, a))
+    return _Lowering(spec, whole, in_passes=found - whole).run()

@@ -90,6 +90,8 @@ class Plan:
     semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
     mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
+    # The grid axis on whose even tiles the ordered axis is walked backwards (snake_order).
+    snake_outer: str | None = None
     # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).
     unit_major: list[str] = field(default_factory=list)
     # Outputs allocated to whole tiles in interpret mode: tensor -> [(kernel dim position, tile)].
@@ -127,9 +129,10 @@ class Plan:
 
     @property
     def needs_tpu_facts(self) -> bool:
-        """Whether tracing the kernel asks which TPU it is for: emit_pipeline does, and so does
-        Pallas's check of a rank-1 block against the chip's tiling."""
-        if self.unit.asks_tpu_info:
+        """Whether tracing the kernel asks which TPU it is for: emit_pipeline does, so does
+        Pallas's check of a rank-1 block against the chip's tiling, and so does Mosaic's
+        lowering of the floor division in mask_skip's clamped index maps."""
+        if self.unit.asks_tpu_info or self.mask_skip is not None:
             return True
         return any(
             len(self.block_dims(self.ir.tensors[op.tensor].dims)) == 1
@@ -587,6 +590,14 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
 
     lowering, reason = _choose_lowering(k, axes)
     unit = LOWERINGS[lowering]
+    if k.passes > 1 and not unit.walks_in_passes:
+        axis = k.axes[k.ordered_axis]
+        raise SpecError(
+            f"a reduction over '{axis.name}' is used elementwise against it, and the {lowering} lowering "
+            f"cannot walk '{axis.name}' in passes",
+            axis.loc,
+            "carry the reduction in declared accumulators instead (an online softmax, as specs/paged_attention.yaml does)",
+        )
     grid, pipeline_grid = unit.arrange(grid, axes)
     inputs = []
     for t in k.inputs:

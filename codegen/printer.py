@@ -123,6 +123,22 @@ def tile_bounds(plan: Plan, axes, start, need, index=lambda a: f"{a}_index") -> 
     return bounds
 
 
+def live_block_range(plan: Plan, need=lambda name: name, index=lambda a: f"{a}_index", printer=None):
+    """The first and last blocks of the ordered axis that `mask_skip` leaves live in this
+    tile, as code: lists of lower and of upper bounds (empty where the mask sets none)."""
+    skip = plan.mask_skip
+    others = [a for a in skip.axes if a != skip.axis]
+    bounds = tile_bounds(plan, others, lambda a: f"{index(a)} * {need('block_' + a)}", need, index)
+
+    def value(term):
+        kind, name = term
+        if kind == "extent":
+            return extent_text(plan, name, printer)
+        return need(name) if kind == "scalar" else param_constant(name)
+
+    return masks.clamp_range(skip.condition, skip.axis, need(f"block_{skip.axis}"), bounds, value)
+
+
 def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     """The ordered axis's block index in an index map, clamped to the tiles `mask_skip`
     leaves live, so that a skipped tile repeats a live block and the pipeline fetches
@@ -132,16 +148,7 @@ def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     if skip is None:
         return None
     need = printer.need if printer else (lambda name: name)
-    others = [a for a in skip.axes if a != skip.axis]
-    bounds = tile_bounds(plan, others, lambda a: f"{a}_index * {need('block_' + a)}", need)
-
-    def value(term):
-        kind, name = term
-        if kind == "extent":
-            return extent_text(plan, name, printer)
-        return need(name) if kind == "scalar" else param_constant(name)
-
-    firsts, lasts = masks.clamp_range(skip.condition, skip.axis, need(f"block_{skip.axis}"), bounds, value)
+    firsts, lasts = live_block_range(plan, need, printer=printer)
     if not firsts and not lasts:
         return None
     tile = f"{skip.axis}_index"
@@ -154,12 +161,51 @@ def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
     return f"jnp.maximum({tile}, 0)"
 
 
-def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = None) -> "_Spec | str":
-    """The BlockSpec of one operand, for the pallas_call or for an inner pipeline."""
+def snake_last(plan: Plan, need=lambda name: name, index=lambda a: f"{a}_index") -> str | None:
+    """Where mask_skip leaves blocks 0..last of the ordered axis live, `last` as code: a
+    backward walk then starts on the block below it (see the module's `_snake_block`)."""
+    if plan.mask_skip is None or plan.mask_skip.axis != plan.ir.ordered_axis:
+        return None
+    firsts, lasts = live_block_range(plan, need, index)
+    return lasts[0] if not firsts and len(lasts) == 1 else None
+
+
+def grid_parameter(plan: Plan, axis: str) -> str:
+    """What an index map calls a grid axis: its tile index, or, for an ordered axis walked
+    in passes or in snake order, the step."""
+    stepped = plan.ir.passes > 1 or plan.snake_outer
+    return f"{axis}_step" if axis == plan.ir.ordered_axis and stepped else f"{axis}_index"
+
+
+def snake_tile(outer: str, step: str, tiles: str, last: str | None, clamp: bool = False) -> str:
+    """The block of the ordered axis at `step` when even tiles of the axis outside it walk it
+    backwards (the snake_order rule)."""
+    keywords = (f", last={last}" if last else "") + (", clamp=True" if clamp and last else "")
+    return f"_snake_block({step}, {tiles}, {outer}{keywords})"
+
+
+def pass_tile(plan: Plan, op: Operand, tiles: str) -> str:
+    """The block index along an ordered axis walked in passes: inputs are read in every
+    pass; an output's block stays at the first until its pass writes it, then at the last."""
+    a = plan.ir.ordered_axis
+    if op not in plan.outputs:
+        return f"lax.rem({a}_step, {tiles})"
+    write = next(st.pass_index for st in plan.ir.statements if st.name == op.tensor)
+    tile = f"{a}_step - {write} * {tiles}" if write else f"{a}_step"
+    if write == plan.ir.passes - 1:
+        return f"jnp.maximum({tile}, 0)"
+    return f"jnp.clip({tile}, 0, {tiles} - 1)"
+
+
+def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = None, tiles: str | None = None) -> "_Spec | str":
+    """The BlockSpec of one operand, for the pallas_call or for an inner pipeline; `tiles`
+    is the ordered axis's tile count where it is walked in passes."""
     if op.memory == "any":
         return "pl.BlockSpec(memory_space=pl.ANY)"
     k = plan.ir
     t = k.tensors[op.tensor]
+    if k.passes > 1:
+        clamp = pass_tile(plan, op, tiles)
     shape, index = [], []
     for d in t.dims:
         mode = plan.axes[d].mode
@@ -189,8 +235,14 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = Non
     returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
     why = plan.why(op.tensor, "block_spec")
-    if clamp and plan.ir.ordered_axis in t.dims:
+    if plan.mask_skip and clamp and plan.ir.ordered_axis in t.dims:
         why += plan.why(plan.mask_skip.statement, "block_spec")
+    if plan.snake_outer and plan.ir.ordered_axis in t.dims:
+        why += plan.why(plan.ir.ordered_axis, "block_spec")
+    if k.passes > 1 and k.ordered_axis in t.dims:
+        a = k.ordered_axis
+        why += [f"'{a}' is walked in {k.passes} passes: "
+                + ("its blocks are written in one" if op in plan.outputs else "read in each")]
     return _Spec(tuple_text(shape), _MapRef(maps, returned), extra, why)
 
 
@@ -199,6 +251,7 @@ class Section:
     """One straight-line block of kernel code (the per-step body, or the finalize block)."""
 
     phase: str
+    pass_index: int = 0  # which pass over the ordered axis, when it is walked in passes
     loads: list[str] = field(default_factory=list)
     indices: list[str] = field(default_factory=list)  # tile starts and extents
     masked_loads: list[str] = field(default_factory=list)
@@ -218,7 +271,7 @@ class KernelPrinter:
         self.k = plan.ir
         self.static_args: list[str] = []  # keyword arguments the kernel needs
         self.uses: set[str] = set()  # "math", "jax", "lax", "mask_tail", activation names
-        self.emitted: set[tuple[str, str]] = set()
+        self.emitted: set[tuple[str, int, str]] = set()
         self.ordered = self.k.ordered_axis
         self.outer_names: set[str] = set()  # defined around the sections (a segment's extent, say)
         # Grid axes whose index the kernel body does not bind: read with pl.program_id where needed.
@@ -523,7 +576,7 @@ class KernelPrinter:
             self.statement(st, sec)
 
     def statement(self, st: ir.Statement, sec: Section) -> None:
-        key = (sec.phase, st.name)
+        key = (sec.phase, sec.pass_index, st.name)
         if key in self.emitted:
             return
         self.emitted.add(key)
@@ -591,12 +644,41 @@ class KernelPrinter:
         sec.lines.append(f"{st.name}_ref[...] = {st.name}")
         sec.acc_vars[st.name] = st.name
 
-    def section(self, phase: str) -> list[str]:
-        sec = Section(phase)
+    def section(self, phase: str, pass_index: int = 0) -> list[str]:
+        sec = Section(phase, pass_index)
         for st in self.k.statements:
-            if st.phase == phase:
+            if st.phase == phase and (phase != "step" or st.pass_index == pass_index):
                 self.statement(st, sec)
         return sec.code()
+
+    def pass_summary(self, n: int) -> str:
+        """What pass `n` over the ordered axis does: the accumulators it folds, the outputs it writes."""
+        steps = [st for st in self.k.statements if st.phase == "step" and st.pass_index == n]
+        folds = [st.name for st in steps if st.target == "accumulator"]
+        writes = [st.name for st in steps if st.target == "tensor"]
+        return "; ".join(([f"folds {', '.join(folds)}"] if folds else []) + ([f"writes {', '.join(writes)}"] if writes else []))
+
+    def passes(self, index: int) -> list[str]:
+        """The body of a kernel whose ordered axis is walked in passes: one guarded block per
+        pass, each folding its accumulators (the last writing the outputs along the axis)."""
+        a, k = self.ordered, self.k
+        tiles = tile_count(a)
+        lines = [
+            f"{a}_step = pl.program_id({index})",
+            f"{tiles} = pl.cdiv({self.need(a)}, {self.need('block_' + a)})",
+            # lax.div and lax.rem: the step is never negative, and Mosaic lowers them without a sign check
+            f"{a}_pass, {a}_index = lax.div({a}_step, {tiles}), lax.rem({a}_step, {tiles})",
+            "",
+        ]
+        self.uses.add("lax")
+        lines += def_block("_init", self.init_lines(), f"@pl.when({a}_step == 0)") + [""]
+        for n in range(k.passes):
+            lines += [f"# pass {n + 1} of {k.passes} over '{a}': {self.pass_summary(n)}"]
+            lines += def_block(f"_pass_{n + 1}", self.section("step", n), f"@pl.when({a}_pass == {n})") + [""]
+        final = self.section("final")
+        if final:
+            lines += def_block("_finalize", final, f"@pl.when({a}_step == pl.num_programs({index}) - 1)")
+        return lines
 
     # -- masked tiles (the mask_skip rule)
     def mask_value(self, term, sec: Section | None) -> str:

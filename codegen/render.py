@@ -183,7 +183,8 @@ class Entry:
 
         bytes_table: dict[tuple[str, ...], int] = {}
         for t in self.k.tensors.values():
-            times = int(t.read) + int(t.written) + int(bool(t.scalar))
+            reads = self.k.passes if self.k.passes > 1 and self.k.ordered_axis in t.dims else 1
+            times = reads * int(t.read) + int(t.written) + int(bool(t.scalar))
             key = self.cost_dims(t.dims)
             bytes_table[key] = bytes_table.get(key, 0) + times * ITEMSIZE[t.dtype]
         order = self.axis_order
@@ -191,7 +192,8 @@ class Entry:
             "# the work and traffic of the whole call, for XLA's scheduler",
             f"flops = {_terms(table(self.k.flops), order)}",
             f"transcendentals = {_terms(table(self.k.transcendentals), order)}",
-            "# every input read once and every output written once",
+            f"# inputs along '{self.k.ordered_axis}' read in each of its {self.k.passes} passes, every output written once"
+            if self.k.passes > 1 else "# every input read once and every output written once",
             f"bytes_accessed = {_terms(bytes_table, order)}",
             "cost = pl.CostEstimate(flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed)",
         ]

@@ -203,6 +203,8 @@ class MaskSkip(Rule):
             return [Decision(self.name, "-", False, "no where() in the work done on each step of an ordered axis")]
         if not plan.unit.skips_masked_tiles:
             return [Decision(self.name, sites[0][0].name, False, f"the {plan.lowering} lowering walks '{ordered}' in its own loop")]
+        if k.passes > 1:
+            return [Decision(self.name, sites[0][0].name, False, f"'{ordered}' is walked in passes, whose index maps it would clamp")]
         values = {st.name: st.value for st in k.statements if st.target == "value"}
         decisions, candidates = [], []
         for st, where in sites:
@@ -282,4 +284,90 @@ def _nominal_fraction(plan, cond, axes) -> float:
 
 
 RULES = (*RULES, MaskSkip())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class KeepWhole(Rule):
+    name = "keep_whole"
+    seed = "JAX's Pallas softmax and layer_norm ops, which hold whole rows in a block"
+    summary = (
+        "a tiled axis that a reduction over it is used against (e / sum(e, over=n)) is held whole "
+        "in each block when it fits in VMEM; otherwise, or with the rule off, it is walked in passes"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        # The IR decides (it builds the passes' accumulators, `ir.keeps_whole`); this reports it.
+        from codegen import ir
+
+        k = plan.ir
+        decisions = [
+            Decision(self.name, a, True, f"a reduction over '{a}' is used elementwise against it: the whole axis sits in each block, one pass")
+            for a in sorted(k.whole_axes)
+        ]
+        if k.passes > 1:
+            a = k.ordered_axis
+            size = ir.whole_axis_bytes(k.spec, a)
+            why = "rule off" if not enabled else (
+                f"'{a}' held whole needs {size / 2**20:.0f} MiB of VMEM, over {ir.WHOLE_AXIS_BUDGET // 2**20} MiB"
+            )
+            decisions.append(Decision(
+                self.name, a, False,
+                f"{why}: '{a}' is walked {k.passes} times in its tiles, a pass per level of reductions "
+                "that read the previous one's results, then one to write",
+            ))
+        if not decisions:
+            decisions.append(Decision(self.name, "-", False, "no reduction is used against its own tiled axis"))
+        return decisions
+
+
+RULES = (*RULES, KeepWhole())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class SnakeOrder(Rule):
+    name = "snake_order"
+    seed = "the boundary block of consecutive tiles, as in a boustrophedon walk"
+    summary = (
+        "the ordered axis is walked backwards on every even tile of the grid axis outside it, so "
+        "a tile starts on the block the one before ended on, and the pipeline fetches it once"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        k, ordered = plan.ir, plan.ir.ordered_axis
+        if ordered is None:
+            return [Decision(self.name, "-", False, "no ordered axis")]
+        if not plan.unit.walks_in_snake_order:
+            return [Decision(self.name, ordered, False, f"the {plan.lowering} lowering walks '{ordered}' inside its own pipeline")]
+        if k.passes > 1:
+            return [Decision(self.name, ordered, False, f"'{ordered}' is walked in passes, whose steps say which pass it is")]
+        position = plan.grid.index(ordered)
+        if position == 0:
+            return [Decision(self.name, ordered, False, f"no grid axis outside '{ordered}'")]
+        outer = plan.grid[position - 1]
+        declared = [a.name for a in k.accumulators.values() if a.synthesized_from is None]
+        if declared and self.name not in k.spec.rules:
+            return [Decision(
+                self.name, ordered, False,
+                f"declared accumulators ({', '.join(declared)}) may depend on the order of '{ordered}': "
+                f"a spec whose updates do not (online softmax) says rules: {{{self.name}: on}}",
+            )]
+        if not enabled:
+            return [Decision(self.name, ordered, False, f"rule off: every '{outer}' tile walks '{ordered}' from its first block")]
+        plan.snake_outer = outer
+        if plan.mask_skip is not None and plan.mask_skip.axis == ordered:
+            why_start = (f"; where mask_skip leaves '{ordered}' blocks 0..last live, a backward walk starts on last - 1, "
+                         "where the forward walk before it ended")
+        else:
+            why_start = ""
+        why = "the spec says its accumulators' updates do not depend on the order" if declared else "sums, maxima and dots do not depend on the order"
+        return [Decision(
+            self.name, ordered, True,
+            f"even '{outer}' tiles walk '{ordered}' from its last block back, so the odd tile after one starts on "
+            f"the block it ended on, which the pipeline then fetches once{why_start} ({why})",
+        )]
+
+
+RULES = (*RULES, SnakeOrder())
 RULE_NAMES = tuple(r.name for r in RULES)

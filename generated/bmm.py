@@ -22,6 +22,26 @@ def _mask_tail(x, axis, start, size, fill):
     return jnp.where(position < size, x, fill)
 
 
+def _snake_block(step, tiles, tile, last=None, clamp=False):
+    """The block of an ordered axis at `step` of `tiles` when the even tiles of the axis
+    outside it walk it backwards, so that a tile starts on the block the one before ended on.
+
+    With `last`, where a mask leaves blocks 0..last live: a backward walk starts on
+    `last - 1`, where the forward walk before it ended, then visits `last`, then goes on
+    down; `clamp` (in an index map) holds the masked steps on that first block.
+    """
+    backward = tiles - 1 - step
+    if last is not None:
+        last = jnp.minimum(last, tiles - 1)  # a mask may reach past the axis's end
+        if clamp:
+            backward = jnp.minimum(backward, last)
+        swapped = jnp.where(
+            backward == last, last - 1, jnp.where(backward == last - 1, last, backward)
+        )
+        backward = jnp.where(last > 0, swapped, backward)
+    return jnp.where(lax.rem(tile, 2) == 1, step, backward)
+
+
 def _forward_only(name, *args):
     """`args` unchanged; differentiating through them raises: no backward kernel exists."""
 
@@ -74,9 +94,11 @@ def _bmm_kernel(
     block_k,
     k,
 ):
-    k_index = pl.program_id(3)
+    k_step = pl.program_id(3)
+    # snake_order: even 'n' tiles walk 'k' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once (sums, maxima and dots do not depend on the order)
+    k_index = _snake_block(k_step, pl.num_programs(3), pl.program_id(2))
 
-    @pl.when(k_index == 0)
+    @pl.when(k_step == 0)
     def _init():
         out_acc_ref[...] = jnp.zeros(out_acc_ref.shape, out_acc_ref.dtype)
 
@@ -87,7 +109,7 @@ def _bmm_kernel(
     b_masked = _mask_tail(b, axis=0, start=k_start, size=k, fill=0.0)
     out_acc_ref[...] += jnp.dot(a_masked, b_masked, preferred_element_type=jnp.float32)
 
-    @pl.when(k_index == pl.num_programs(3) - 1)
+    @pl.when(k_step == pl.num_programs(3) - 1)
     def _finalize():
         out_ref[...] = out_acc_ref[...]
 
@@ -127,20 +149,22 @@ def bmm(a, b, *, block_m=1024, block_n=1024, block_k=256, interpret=False):
     )
     a, b = _forward_only("bmm", a, b)
 
-    def a_index_map(batch_index, m_index, n_index, k_index):
-        return (batch_index, m_index, k_index)
+    def a_index_map(batch_index, m_index, n_index, k_step):
+        return (batch_index, m_index, _snake_block(k_step, pl.cdiv(k, block_k), n_index))
 
-    def b_index_map(batch_index, m_index, n_index, k_index):
-        return (batch_index, k_index, n_index)
+    def b_index_map(batch_index, m_index, n_index, k_step):
+        return (batch_index, _snake_block(k_step, pl.cdiv(k, block_k), n_index), n_index)
 
-    def out_index_map(batch_index, m_index, n_index, k_index):
+    def out_index_map(batch_index, m_index, n_index, k_step):
         return (batch_index, m_index, n_index)
 
     return pl.pallas_call(
         kernel,
         grid=(batch, pl.cdiv(m, block_m), pl.cdiv(n, block_n), pl.cdiv(k, block_k)),
         in_specs=[
+            # snake_order: even 'n' tiles walk 'k' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once (sums, maxima and dots do not depend on the order)
             pl.BlockSpec((None, block_m, block_k), a_index_map),
+            # snake_order: even 'n' tiles walk 'k' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once (sums, maxima and dots do not depend on the order)
             pl.BlockSpec((None, block_k, block_n), b_index_map),
         ],
         # output_only: 'out' is written but never read: output only (out_shape), no input, no alias

@@ -11,6 +11,7 @@ i of sequence b sees positions t <= kv_lens[b] - q_len[b] + i, scaled by sm_scal
 that sees no position gives zeros.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -102,6 +103,39 @@ def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
     params = pltpu.InterpretParams() if interpret is True else interpret
     return params
+
+
+def _target_tpu(interpret):
+    """A context in which emit_pipeline learns the TPU to tile for, where no TPU is the default device.
+
+    Off a TPU the CPU's device kind is entered as a v5e in jax's private TPU info
+    registry: TPU interpret mode runs its kernel on the CPU, where JAX refuses to run
+    under an abstract mesh (jax 0.12) and InterpretParams cannot name a chip; and under
+    jax 0.12's abstract mesh, emit_pipeline gives a rank-1 block a sharding of the wrong
+    rank. Lowering for TPU (jax.export, say) falls back to a public abstract mesh naming
+    a v5e core where the registry is gone.
+    """
+    device = jax.config.jax_default_device or jax.devices()[0]
+    device = jax.devices(device)[0] if isinstance(device, str) else device
+    if device.platform == "tpu":
+        return contextlib.nullcontext()
+    from jax._src.pallas.mosaic import tpu_info
+
+    if not hasattr(tpu_info, "registry"):
+        if interpret is False:
+            v5e = jax.sharding.AbstractDevice(
+                device_kind="TPU v5 lite", num_cores=1, platform="tpu"
+            )
+            return jax.sharding.use_abstract_mesh(
+                jax.sharding.AbstractMesh((1,), ("core",), abstract_device=v5e)
+            )
+        raise NotImplementedError(
+            f"interpret mode off a TPU needs the TPU info registry of jax 0.10 to 0.12 (jax {jax.__version__})"
+        )
+    tpu_info.registry.setdefault(
+        device.device_kind, lambda: pltpu.get_tpu_info_for_chip(pltpu.ChipVersion.TPU_V5E, 1)
+    )
+    return contextlib.nullcontext()
 
 
 def _ragged_paged_attention_kernel(
@@ -404,41 +438,42 @@ def ragged_paged_attention(
     kv_lens, page_indices, cu_q_lens, q, k_pages, v_pages = _forward_only(
         "ragged_paged_attention", kv_lens, page_indices, cu_q_lens, q, k_pages, v_pages
     )
-    out = pl.pallas_call(
-        kernel,
-        grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=3,
-            grid=(b, kvh, pl.cdiv(max_q_len, block_tq)),
-            in_specs=[
-                pl.BlockSpec(memory_space=pl.ANY),
-                pl.BlockSpec(memory_space=pl.ANY),
-                pl.BlockSpec(memory_space=pl.ANY),
-            ],
-            out_specs=pl.BlockSpec(memory_space=pl.ANY),
-            scratch_shapes=[
-                pltpu.VMEM((block_tq, g, 1), jnp.float32),  # m_ref
-                pltpu.VMEM((block_tq, g, 1), jnp.float32),  # l_ref
-                pltpu.VMEM((block_tq, g, d), jnp.float32),  # acc_ref
-                pltpu.VMEM(
-                    (2, pages_per_compute_block * page_size, d), jnp.bfloat16
-                ),  # k_pages_buffer
-                pltpu.VMEM(
-                    (2, pages_per_compute_block * page_size, d), jnp.bfloat16
-                ),  # v_pages_buffer
-                pltpu.SemaphoreType.DMA((2,)),  # k_pages_sems
-                pltpu.SemaphoreType.DMA((2,)),  # v_pages_sems
-                pltpu.SMEM((1,), jnp.int32),  # slot_ref
-                pltpu.SMEM((1,), jnp.int32),  # prefetched_ref
-                pltpu.VMEM((block_tq, g, d), jnp.bfloat16),  # q_rows
-                pltpu.VMEM((block_tq, g, d), jnp.bfloat16),  # out_rows
-                pltpu.SemaphoreType.DMA((2,)),  # rows_sems
-            ],
-        ),
-        out_shape=jax.ShapeDtypeStruct((tq, kvh, g, d), jnp.bfloat16),
-        compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("arbitrary", "arbitrary", "arbitrary")
-        ),
-        cost_estimate=cost,
-        interpret=_interpret_mode(interpret),
-    )(kv_lens, page_indices, cu_q_lens, q, k_pages, v_pages)
-    return out.reshape(tq, kvh * g, d)
+    with _target_tpu(interpret):
+        out = pl.pallas_call(
+            kernel,
+            grid_spec=pltpu.PrefetchScalarGridSpec(
+                num_scalar_prefetch=3,
+                grid=(b, kvh, pl.cdiv(max_q_len, block_tq)),
+                in_specs=[
+                    pl.BlockSpec(memory_space=pl.ANY),
+                    pl.BlockSpec(memory_space=pl.ANY),
+                    pl.BlockSpec(memory_space=pl.ANY),
+                ],
+                out_specs=pl.BlockSpec(memory_space=pl.ANY),
+                scratch_shapes=[
+                    pltpu.VMEM((block_tq, g, 1), jnp.float32),  # m_ref
+                    pltpu.VMEM((block_tq, g, 1), jnp.float32),  # l_ref
+                    pltpu.VMEM((block_tq, g, d), jnp.float32),  # acc_ref
+                    pltpu.VMEM(
+                        (2, pages_per_compute_block * page_size, d), jnp.bfloat16
+                    ),  # k_pages_buffer
+                    pltpu.VMEM(
+                        (2, pages_per_compute_block * page_size, d), jnp.bfloat16
+                    ),  # v_pages_buffer
+                    pltpu.SemaphoreType.DMA((2,)),  # k_pages_sems
+                    pltpu.SemaphoreType.DMA((2,)),  # v_pages_sems
+                    pltpu.SMEM((1,), jnp.int32),  # slot_ref
+                    pltpu.SMEM((1,), jnp.int32),  # prefetched_ref
+                    pltpu.VMEM((block_tq, g, d), jnp.bfloat16),  # q_rows
+                    pltpu.VMEM((block_tq, g, d), jnp.bfloat16),  # out_rows
+                    pltpu.SemaphoreType.DMA((2,)),  # rows_sems
+                ],
+            ),
+            out_shape=jax.ShapeDtypeStruct((tq, kvh, g, d), jnp.bfloat16),
+            compiler_params=pltpu.CompilerParams(
+                dimension_semantics=("arbitrary", "arbitrary", "arbitrary")
+            ),
+            cost_estimate=cost,
+            interpret=_interpret_mode(interpret),
+        )(kv_lens, page_indices, cu_q_lens, q, k_pages, v_pages)
+        return out.reshape(tq, kvh * g, d)

@@ -29,6 +29,17 @@ def write_spec(folder: Path, text: str, name: str = "k.yaml") -> Path:
     return path
 
 
+def with_rule(text: str, rule: str, state) -> str:
+    """A spec's text with one more rule switch, in its `rules:` mapping if it has one."""
+    import re
+
+    if re.search(rf"\nrules: {{.*\b{rule}: ", text):  # already switched: switch it again
+        return re.sub(rf"(\nrules: {{.*\b{rule}: )[a-z]+", rf"\g<1>{state}", text, count=1)
+    if "\nrules: {" in text:
+        return text.replace("\nrules: {", f"\nrules: {{{rule}: {state}, ", 1)
+    return text + f"rules:\n  {rule}: {state}\n"
+
+
 def build_text(folder: Path, text: str, overrides=None, chip="v5e"):
     from codegen.build import build_source
 

@@ -14,7 +14,7 @@ import pytest
 
 from codegen.verify import Case, load_module, lower_for_tpu
 
-from conftest import DENSE_KERNELS, SPECS, build_text, checked_in_module
+from conftest import DENSE_KERNELS, SPECS, build_text, checked_in_module, with_rule
 
 RNG = np.random.default_rng(1234)
 
@@ -132,7 +132,7 @@ def test_attention(nan_interpret, b, h, sq, skv, d, blocks):
 
 
 def test_attention_with_invariant_load_off_still_matches(tmp_path, nan_interpret):
-    built = build_text(tmp_path, (SPECS / "attention.yaml").read_text() + "rules:\n  invariant_load: off\n")
+    built = build_text(tmp_path, with_rule((SPECS / "attention.yaml").read_text(), "invariant_load", "off"))
     q, k, v = normal(1, 2, 100, 64), normal(1, 2, 300, 64), normal(1, 2, 300, 64)
     out = load_module(built.source, "attention").attention(q, k, v, block_sq=64, interpret=nan_interpret)
     close(out, attention_reference(q, k, v))

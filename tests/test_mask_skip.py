@@ -12,7 +12,7 @@ from codegen.masks import Affine, Comparison, Condition, holds_somewhere
 from codegen.report import format_plan
 from codegen.verify import Case, load_module, lower_for_tpu
 
-from conftest import ROOT, SPECS, build_text, checked_in_module
+from conftest import ROOT, SPECS, build_text, checked_in_module, with_rule
 
 CAUSAL = (SPECS / "causal_attention.yaml").read_text()
 CAUSAL_MASK = "where(index(skv) <= index(sq), "
@@ -53,7 +53,7 @@ def qkv(seed=0, s=S):
 def test_masked_attention_matches_numpy(tmp_path, nan_interpret, mask, rule):
     text, allowed = MASKS[mask]
     if rule == "off":
-        text += "rules:\n  mask_skip: false\n"
+        text = with_rule(text, "mask_skip", "false")
     built = build_text(tmp_path, text)
     assert (built.plan.mask_skip is not None) == (rule == "on")
     q, k, v = qkv()
@@ -83,16 +83,31 @@ def _fetches(indices):
 
 
 def test_skipped_tiles_fetch_no_blocks(tmp_path):
-    """With the rule, q tile i asks for K/V blocks 0..i, then repeats block i: no fetch."""
+    """With the rule, q tile i asks for K/V blocks 0..i, then repeats block i: no fetch.
+    With snake_order too, even q tiles walk back from block i - 1, where the tile before
+    ended, then i, then down to 0, where the odd tile after starts: every tile after the
+    first reuses a block, the fewest fetches two buffers allow."""
     n, heads = 4, 2 * 3
     on = _kv_block_copies(checked_in_module("causal_attention"), n * BLOCK)
-    off_source = build_text(tmp_path, CAUSAL + "rules:\n  mask_skip: false\n").source
+    forward = load_module(build_text(tmp_path, with_rule(CAUSAL, "snake_order", "off")).source, "causal_attention")
+    forward = _kv_block_copies(forward, n * BLOCK)
+    off_source = build_text(tmp_path, with_rule(with_rule(CAUSAL, "mask_skip", "false"), "snake_order", "off")).source
     off = _kv_block_copies(load_module(off_source, "causal_attention"), n * BLOCK)
     q_and_out = 2 * heads * n
     clamped = _fetches([min(j, i) for i in range(n) for j in range(n)])
     assert clamped == n * (n + 1) // 2 - 1  # q tile 1 starts on block 0, where q tile 0 stayed
+
+    def snake_walk(i, j):
+        if i % 2:
+            return min(j, i)
+        block = min(n - 1 - j, i)
+        return {i: i - 1, i - 1: i}.get(block, block) if i else block
+
+    snake = _fetches([snake_walk(i, j) for i in range(n) for j in range(n)])
+    assert snake == n * (n + 1) // 2 - (n - 1)  # one reuse at each of the n - 1 tile changes
     assert off.block_copies == q_and_out + 2 * heads * _fetches([j for i in range(n) for j in range(n)])
-    assert on.block_copies == q_and_out + 2 * heads * clamped
+    assert forward.block_copies == q_and_out + 2 * heads * clamped
+    assert on.block_copies == q_and_out + 2 * heads * snake
     assert on.grid_steps == off.grid_steps  # the grid is the same; the work and the DMAs are not
 
 
@@ -200,3 +215,14 @@ def test_sliding_window_with_more_keys_than_queries(tmp_path, nan_interpret):
     p = np.exp(s - s.max(-1, keepdims=True))
     want = np.einsum("bqk,bkd->bqd", p / p.sum(-1, keepdims=True), np.asarray(v, np.float64))
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("block_sq, block_skv", [(24, 8), (8, 24), (16, 8)])
+def test_snake_order_with_unequal_blocks_and_tails(nan_interpret, block_sq, block_skv):
+    """The backward walk's first block comes from the mask's last live block, which may lie
+    past the keys' end (q tiles of 24 rows over 61 keys): it is bounded by the last block."""
+    q, k, v = qkv(2, 61)
+    got = checked_in_module("causal_attention").causal_attention(
+        q, k, v, block_sq=block_sq, block_skv=block_skv, interpret=nan_interpret
+    )
+    np.testing.assert_allclose(np.asarray(got), attention_reference(q, k, v, lambda i, j: j <= i), atol=2e-5)

@@ -5,15 +5,17 @@ import pytest
 from codegen.rules import RULES
 
 from conftest import SPECS, build_text
+from conftest import with_rule as add_rule
 
 
 def with_rule(name, rule, state):
-    return (SPECS / f"{name}.yaml").read_text() + f"rules:\n  {rule}: {state}\n"
+    return add_rule((SPECS / f"{name}.yaml").read_text(), rule, state)
 
 
 def test_every_rule_is_covered_here():
     assert {r.name for r in RULES} == {
         "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
+        "keep_whole", "snake_order",
     }
 
 
@@ -24,7 +26,7 @@ def test_mask_skip_on_and_off(tmp_path):
     assert fired(on) == [True] and fired(off) == [False]
     assert on.plan.mask_skip is not None and off.plan.mask_skip is None
     assert "@pl.when(tile_live)" in on.source and "tile_live" not in off.source
-    assert "jnp.minimum(skv_index," in on.source and "jnp.minimum(skv_index," not in off.source
+    assert "jnp.clip(" in on.source and "jnp.clip(" not in off.source  # the clamped index map
     assert "rule off" in [d.reason for d in off.plan.decisions if d.rule == "mask_skip"][0]
 
 
@@ -63,3 +65,33 @@ def test_invariant_load_is_skipped_without_an_ordered_axis(tmp_path):
     decisions = [d for d in built.plan.decisions if d.rule == "invariant_load"]
     assert decisions and not any(d.applied for d in decisions)
     assert "no ordered axis" in decisions[0].reason
+
+
+def test_snake_order_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("causal_attention", "snake_order", "on"))
+    off = build_text(tmp_path, with_rule("causal_attention", "snake_order", "off"))
+    assert on.plan.snake_outer == "sq" and off.plan.snake_outer is None
+    assert "skv_step = pl.program_id(3)" in on.source and "skv_step" not in off.source
+    flat = " ".join(on.source.split())
+    assert "skv_index = _snake_block( skv_step, pl.num_programs(3), pl.program_id(2), last=" in flat
+    assert "_snake_block( skv_step, pl.cdiv(skv, block_skv), sq_index, last=" in flat
+    assert "def _snake_block(" in on.source and "_snake_block" not in off.source
+    assert "@pl.when(skv_step == pl.num_programs(3) - 1)" in on.source
+
+
+def test_snake_order_waits_for_the_spec_where_accumulators_are_declared(tmp_path):
+    """Declared accumulators may depend on the order of their axis; sums and dots do not."""
+    text = (SPECS / "attention.yaml").read_text().replace("rules: {snake_order: on}\n", "")
+    unsaid = build_text(tmp_path, text)
+    (decision,) = [d for d in unsaid.plan.decisions if d.rule == "snake_order"]
+    assert not decision.applied and "may depend on the order of 'skv'" in decision.reason
+    bmm = build_text(tmp_path, (SPECS / "bmm.yaml").read_text())
+    assert bmm.plan.snake_outer == "n", "bmm's accumulator is a synthesized dot: on by default"
+
+
+def test_keep_whole_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("softmax", "keep_whole", "on"))
+    off = build_text(tmp_path, (SPECS / "softmax.yaml").read_text().replace("n: {max: 4096}", "n: {block: 512}") + "rules: {keep_whole: off}\n")
+    assert on.plan.ir.passes == 1 and on.plan.axes["n"].mode == "full"
+    assert off.plan.ir.passes == 3 and off.plan.axes["n"].mode == "tiled"
+    assert "_pass_3" in off.source and "_pass_" not in on.source

@@ -21,6 +21,12 @@ class Lowering:
     # It can skip masked tiles of the ordered axis (the mask_skip rule): its ordered axis is a
     # grid axis, whose compute can be guarded and whose index maps can be clamped.
     skips_masked_tiles: bool = True
+    # Its ordered axis is a pallas_call grid axis, which the snake_order rule may walk backwards
+    # on every other tile of the axis outside it.
+    walks_in_snake_order: bool = False
+    # It can walk its ordered axis several times (a reduction used against its own axis,
+    # not kept whole): the axis's steps are passes * tiles on a grid it indexes.
+    walks_in_passes: bool = False
 
     # -- planning
     def applies(self, k: "ir.KernelIR", axes: dict[str, "AxisPlan"]) -> bool:

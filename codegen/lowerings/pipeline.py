@@ -17,6 +17,7 @@ from codegen.printer import (
     Section,
     block_spec,
     def_block,
+    grid_parameter,
     indent,
     masked_tile_clamp,
     tile_count,
@@ -41,6 +42,7 @@ class _Pipeline(Lowering):
     choosable = True
     asks_tpu_info = True
     clamps_tails = True
+    walks_in_passes = True
 
     def applies(self, k, axes):
         return any(a.mode == "jagged" for a in axes.values()) and not any(a.mode == "paged" for a in axes.values())
@@ -86,7 +88,7 @@ class _Pipeline(Lowering):
         p = KernelPrinter(plan)
         lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
         body = []
-        names = [f"{a}_index" for a in plan.pipeline_grid]
+        names = [grid_parameter(plan, a) for a in plan.pipeline_grid]
         body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = _grid_indices(pipeline_step)")
         p.uses.add("grid_indices")
 
@@ -105,27 +107,47 @@ class _Pipeline(Lowering):
             body += [""] + def_block("compute", p.section("step")) + [""]
             body.append("lax.cond(tile_valid, compute, lambda: None)" if parallel_checks else "compute()")
         else:
-            body += [""] + def_block("_init", p.init_lines(), f"@pl.when({ordered}_index == 0)") + [""]
-            step = Section("step")
-            for st in k.statements:
-                if st.phase == "step":
-                    p.statement(st, step)
+            passes = k.passes
+            first = f"{ordered}_index == 0"
+            if passes > 1:
+                tiles = p.need(tile_count(ordered))
+                body.append(f"{ordered}_pass, {ordered}_index = lax.div({ordered}_step, {tiles}), lax.rem({ordered}_step, {tiles})")
+                first = f"{ordered}_step == 0"
+            body += [""] + def_block("_init", p.init_lines(), f"@pl.when({first})") + [""]
+            steps = []
+            for n in range(passes):
+                step = Section("step", n)
+                for st in k.statements:
+                    if st.phase == "step" and st.pass_index == n:
+                        p.statement(st, step)
+                steps.append(step)
             checks = ["tile_valid"] if parallel_checks else []
             if plan.axes[ordered].mode == "jagged":
-                checks.append(f"({p.tile_start(step)} < {p.extent(ordered, step)})")
+                checks.append(f"({p.tile_start(steps[0])} < {p.extent(ordered, steps[0])})")
             if plan.mask_skip:
                 checks.append("tile_live")
-                live = p.live_condition(step)
-            # the guard needs the ordered tile's start and extent: computed outside the step
-            body += step.indices
-            step.indices = []
+                live = p.live_condition(steps[0])
+            # the guard needs the ordered tile's start and extent: computed outside the steps
+            for step in steps:
+                body += [line for line in step.indices if line not in body]
+                step.indices = []
             if plan.mask_skip:
                 body += [f"# {w}" for w in plan.why(plan.mask_skip.statement, "block_spec")] + [f"tile_live = {live}"]
-            body += def_block("step", step.code()) + [""]
-            body.append(f"lax.cond({' & '.join(checks)}, step, lambda: None)" if checks else "step()")
+            for n, step in enumerate(steps):
+                name = "step" if passes == 1 else f"pass_{n + 1}"
+                guard = checks + ([f"({ordered}_pass == {n})"] if passes > 1 else [])
+                if passes > 1:
+                    body.append(f"# pass {n + 1} of {passes} over '{ordered}': {p.pass_summary(n)}")
+                body += def_block(name, step.code()) + [""]
+                body.append(f"lax.cond({' & '.join(guard)}, {name}, lambda: None)" if guard else f"{name}()")
+                body.append("")
             last = f"{ordered}_index == {p.need(tile_count(ordered))} - 1"
+            if passes > 1:
+                last = f"{ordered}_step == {passes} * {tile_count(ordered)} - 1"
             guard = f"tile_valid & ({last})" if parallel_checks else last
-            body += [""] + def_block("_finalize", p.section("final"), f"@pl.when({guard})")
+            final = p.section("final")
+            if final or passes == 1:
+                body += def_block("_finalize", final, f"@pl.when({guard})")
         p.uses.add("lax")
 
         piped = [op for op in plan.inputs if op.memory != "any"]
@@ -134,16 +156,19 @@ class _Pipeline(Lowering):
         grid = []
         for a in plan.pipeline_grid:
             grid.append(p.need(tile_count(a)) if plan.axes[a].blocked else p.need(a))
+            if a == ordered and k.passes > 1:  # walked once per pass
+                grid[-1] = f"{k.passes} * {grid[-1]}"
             if plan.axes[a].blocked:
                 p.need(f"block_{a}")
         for op in plan.inputs + plan.outputs:
             for d in k.tensors[op.tensor].dims:
                 if plan.axes[d].mode in ("full", "tiled"):
                     p.need(d)
-        maps = IndexMaps([f"{a}_index" for a in plan.pipeline_grid])
+        maps = IndexMaps([grid_parameter(plan, a) for a in plan.pipeline_grid])
         clamp = masked_tile_clamp(plan, p)
-        in_specs = [block_spec(plan, op, maps, clamp) for op in piped]
-        out_specs = [block_spec(plan, op, maps) for op in plan.outputs]
+        tiles = tile_count(ordered) if k.passes > 1 else None
+        in_specs = [block_spec(plan, op, maps, clamp, tiles) for op in piped]
+        out_specs = [block_spec(plan, op, maps, tiles=tiles) for op in plan.outputs]
         semantics = ", ".join(
             "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid
         )
@@ -204,7 +229,12 @@ class _Pipeline(Lowering):
             f"scalar prefetch (SMEM): {', '.join(t.name for t in k.scalars)}; every tensor stays in HBM (pl.ANY) "
             "and the pipeline moves its blocks",
         ]
-        if k.ordered_axis:
+        if k.passes > 1:
+            out.append(
+                f"loop: '{k.ordered_axis}' is walked {k.passes} times, last in the pipeline grid; "
+                "each pass folds the reductions that read the previous pass's, the last writes the outputs"
+            )
+        elif k.ordered_axis:
             out.append(
                 f"loop: '{k.ordered_axis}' is walked in order, last in the pipeline grid; "
                 "accumulators init on its first step, finalize on its last"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import signal
 import sys
 import tempfile
@@ -36,29 +35,8 @@ sys.path.insert(0, str(ROOT))
 from codegen.build import build_source  # noqa: E402
 from codegen.chips import CHIPS  # noqa: E402
 from codegen.estimate import CLOCK_HZ, case_from_shapes, data_dependent_note, shapes_text  # noqa: E402
-from codegen import tpu_compile  # noqa: E402
 from codegen.tpu_compile import ChildCrashed, Compiled, Kernel, _run_child, profile_kernel, read_profile  # noqa: E402
 from codegen.verify import kernel_to_compile  # noqa: E402
-
-_FATAL = re.compile(r"^F\d{4} [\d:.]+\s+\d+ (.*)$")
-
-
-def _abort_reason(stderr: str, returncode: int, _fallback=tpu_compile._crash_reason) -> str:
-    """The fatal log line saying why libtpu stopped, else codegen.tpu_compile's own pick.
-
-    tpu_compile's pick finds a fatal line by its "F0" prefix, glog's F and a month of January to
-    September ("F1122 19:51:37 ..." in November), and otherwise takes the stack trace's banner,
-    which says nothing of the cause; this one reads any month's.
-    """
-    for line in stderr.splitlines():
-        fatal = _FATAL.match(line.strip())
-        if fatal:
-            return fatal.group(1)[-300:]
-    return _fallback(stderr, returncode)
-
-
-# The children's abort messages, for the report; used by profile_kernel and _run_child.
-tpu_compile._crash_reason = _abort_reason
 
 # Realistic shapes, the same for every chip. gdpa is at the scale of the seeds'
 # GDPA measurements: 768 segments of up to 4096 query rows.

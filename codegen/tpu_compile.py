@@ -147,11 +147,19 @@ def _run_child(jobs: list[dict], chip: str, python: str | None, flags: str, time
     return [Compiled(**r) for r in results]
 
 
+# glog's fatal line: F, the month and day, the time, the thread, then the message.
+_FATAL = re.compile(r"^F\d{4} [\d:.]+\s+\d+ (.*)$")
+
+
 def _crash_reason(stderr: str, returncode: int) -> str:
     """The line that says why libtpu stopped the process, else the last line it wrote."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in lines:
-        if "Check failed" in line or "Check failure" in line or "F0" in line[:3]:
+        fatal = _FATAL.match(line)
+        if fatal:
+            return fatal.group(1)[-300:]
+    for line in lines:
+        if "Check failed" in line or "Check failure" in line:
             return line[-300:]
     tail = lines[-1][-300:] if lines else "no output"
     return f"exit status {returncode}: {tail}"

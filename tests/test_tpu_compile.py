@@ -241,3 +241,16 @@ def test_tune_candidates_are_aligned_and_stop_at_the_extent():
     paged = build_source(SPECS / "paged_attention.yaml").plan
     case = case_from_shapes(paged, {"b": 2, "kvh": 1, "g": 4, "d": 128, "pages": 12})
     assert candidates(paged, case, "t") == [1, 2, 4]  # pages per block must divide the table's width
+
+
+@pytest.mark.parametrize("month", ["0322", "1122"])
+def test_a_crash_is_reported_by_libtpus_fatal_line_in_any_month(month):
+    from codegen.tpu_compile import _crash_reason
+
+    stderr = (
+        f"I{month} 19:51:30.000001   1234 compiler.cc:10] compiling\n"
+        f"F{month} 19:51:37.123456   1234 llo_dumper.cc:88] Unsupported DMA direction 10\n"
+        "*** Check failure stack trace: ***\n"
+    )
+    assert _crash_reason(stderr, -6) == "llo_dumper.cc:88] Unsupported DMA direction 10"
+    assert _crash_reason("no fatal line\nthe last one\n", 1) == "exit status 1: the last one"

@@ -162,9 +162,12 @@ def masked_tile_clamp(plan: Plan, printer=None) -> str | None:
 
 
 def snake_last(plan: Plan, need=lambda name: name, index=lambda a: f"{a}_index") -> str | None:
-    """Where mask_skip leaves blocks 0..last of the ordered axis live, `last` as code: a
-    backward walk then starts on the block below it (see the module's `_snake_block`)."""
-    if plan.mask_skip is None or plan.mask_skip.axis != plan.ir.ordered_axis:
+    """Where mask_skip leaves blocks 0..last of the ordered axis live, and `last` moves with
+    the snake's outer axis, `last` as code: a backward walk then starts on the block below
+    it (see the module's `_snake_block`)."""
+    skip = plan.mask_skip
+    # Only where the diagonal moves with the outer axis does the tile before end below it.
+    if skip is None or skip.axis != plan.ir.ordered_axis or plan.snake_outer not in skip.axes:
         return None
     firsts, lasts = live_block_range(plan, need, index)
     return lasts[0] if not firsts and len(lasts) == 1 else None

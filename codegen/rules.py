@@ -356,9 +356,9 @@ class SnakeOrder(Rule):
         if not enabled:
             return [Decision(self.name, ordered, False, f"rule off: every '{outer}' tile walks '{ordered}' from its first block")]
         plan.snake_outer = outer
-        if plan.mask_skip is not None and plan.mask_skip.axis == ordered:
-            why_start = (f"; where mask_skip leaves '{ordered}' blocks 0..last live, a backward walk starts on last - 1, "
-                         "where the forward walk before it ended")
+        if plan.mask_skip is not None and plan.mask_skip.axis == ordered and outer in plan.mask_skip.axes:
+            why_start = (f"; where mask_skip leaves '{ordered}' blocks 0..last live, last moving with '{outer}', "
+                         "a backward walk starts on last - 1, where the forward walk before it ended")
         else:
             why_start = ""
         why = "the spec says its accumulators' updates do not depend on the order" if declared else "sums, maxima and dots do not depend on the order"

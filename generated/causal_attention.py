@@ -139,7 +139,7 @@ def _causal_attention_kernel(
     skv,
 ):
     skv_step = pl.program_id(3)
-    # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
+    # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, last moving with 'sq', a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
     skv_index = _snake_block(
         skv_step,
         pl.num_programs(3),
@@ -270,10 +270,10 @@ def causal_attention(q, k, v, *, block_sq=128, block_skv=128, interpret=False):
                     (None, None, block_sq, d), q_out_index_map, pipeline_mode=pl.Buffered(1)
                 ),
                 # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
-                # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
+                # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, last moving with 'sq', a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
                 pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
                 # mask_skip: where(index(sq) - index(skv) >= 0, ..., -inf) in 's': a 'skv' tile where it never holds adds nothing, so it skips its compute and its blocks are not fetched; 47% of the (skv, sq) tiles at 16 tiles per axis
-                # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
+                # snake_order: even 'sq' tiles walk 'skv' from its last block back, so the odd tile after one starts on the block it ended on, which the pipeline then fetches once; where mask_skip leaves 'skv' blocks 0..last live, last moving with 'sq', a backward walk starts on last - 1, where the forward walk before it ended (the spec says its accumulators' updates do not depend on the order)
                 pl.BlockSpec((None, None, block_skv, d), k_v_index_map),
             ],
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias

@@ -83,6 +83,8 @@ class Plan:
     # Loads masked where they are loaded (tensor -> (axis, fill)); other masks sit at the
     # reduction that needs them.
     mask_at_load: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Axes whose tail masks are computed on the overhanging block alone (last_block_mask).
+    last_block_masks: set[str] = field(default_factory=set)
     # Paged operands: VMEM slots per operand, whether the next block's DMA is started before
     # this block is computed on, and whether each slot has its own DMA semaphore.
     paged_slots: int = 2
@@ -542,6 +544,15 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
     for name, lay in plan.accumulator_layouts.items():
         acc = k.accumulators[name]
         items.append((f"scratch {name}", _padded_bytes(layout_shape(lay), acc.dtype)))
+    if plan.last_block_masks:
+        # lax.cond yields its block whole: the masked copy and the value it returns
+        masked = sum(
+            _padded_bytes([extent(d) for d in plan.block_dims(k.tensors[op.tensor].dims)], k.tensors[op.tensor].dtype)
+            for op in plan.inputs
+            if op.memory == "blocked" and plan.last_block_masks & set(k.tensors[op.tensor].dims)
+        )
+        if masked:
+            items.append(("blocks masked under lax.cond x2", 2 * masked))
     values = 0
     for st in k.statements:
         if st.target == "tensor":
@@ -579,7 +590,7 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             raise SpecError(f"unknown rule '{name}'", switch.loc, did_you_mean(name, RULE_NAMES) or f"rules: {', '.join(RULE_NAMES)}")
     if chip not in CHIPS:
         raise SpecError(f"unknown chip '{chip}'", None, f"one of: {', '.join(CHIPS)}")
-    enabled = {r.name: spec.rules[r.name].enabled if r.name in spec.rules else True for r in RULES}
+    enabled = {r.name: spec.rules[r.name].enabled if r.name in spec.rules else r.on_by_default for r in RULES}
 
     axes = _classify_axes(k)
     _check_tiling(k, axes)

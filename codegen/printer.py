@@ -458,7 +458,18 @@ class KernelPrinter:
     def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
         self.uses.add("mask_tail")
         start, size = self.tile_start(sec, axis), self.extent(axis, sec)
-        return f"_mask_tail({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
+        helper = "_mask_tail"
+        if axis in self.plan.last_block_masks:
+            self.uses.add("mask_last_block")
+            helper = "_mask_last_block"
+            reason = f"last_block_mask:{axis}"
+            if reason not in sec.loaded:  # said once, above the section's first tail mask
+                sec.loaded.add(reason)
+                sec.indices += [
+                    f"# {d.rule}: {d.reason}" for d in self.plan.decisions
+                    if d.rule == "last_block_mask" and d.applied and d.subject == axis
+                ]
+        return f"{helper}({text}, axis={position}, start={start}, size={size}, fill={literal(fill)})"
 
     def masked(self, text: str, axis: str, position: int, fill: float, sec: Section, why: list[str] = ()) -> str:
         """`text` as a reduction over `axis` should see it: `fill` past the axis's end."""

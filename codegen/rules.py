@@ -29,6 +29,9 @@ class Rule:
     # The generated code it shapes, where its reason is written as a comment:
     # "block_spec" (an operand's BlockSpec), "mask" (a tail mask), "scratch" (scratch entries).
     shapes: str = ""
+    # Whether a spec that does not name the rule gets it. Off where the compiler's estimate
+    # measured it slower than without (see benchmarks/rule_effects_results.md).
+    on_by_default: bool = True
 
     def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
         raise NotImplementedError
@@ -370,4 +373,35 @@ class SnakeOrder(Rule):
 
 
 RULES = (*RULES, SnakeOrder())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class LastBlockMask(Rule):
+    name = "last_block_mask"
+    seed = "JAX's Pallas kernels, which mask a block only where it overhangs the array"
+    summary = (
+        "a tail mask on the ordered axis is computed only on the block that overhangs the axis's end "
+        "(lax.cond on the block's start); every other block goes to its reduction as it is; "
+        "off unless a spec or its tune entry turns it on"
+    )
+    shapes = "mask"
+    # The compiler's estimate charges the branch more than the masks it saves on the other
+    # blocks (bmm, attention: benchmarks/rule_effects_results.md), so `tune` decides.
+    on_by_default = False
+
+    def apply(self, plan, enabled):
+        ordered = plan.ir.ordered_axis
+        if ordered is None or ordered not in plan.ragged_axes:
+            return [Decision(self.name, "-", False, "no ordered axis walked in blocks")]
+        if not enabled:
+            return [Decision(self.name, ordered, False, f"rule off: every '{ordered}' block computes its tail mask, which is all-true on all but the last")]
+        plan.last_block_masks.add(ordered)
+        return [Decision(
+            self.name, ordered, True,
+            f"only the last '{ordered}' block can overhang its extent, so the tail masks run under "
+            "lax.cond on that block alone; the others skip the iota, compare and select",
+        )]
+
+
+RULES = (*RULES, LastBlockMask())
 RULE_NAMES = tuple(r.name for r in RULES)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from codegen.report import format_plan
 from codegen.rules import RULES
 
 from conftest import SPECS, build_text
@@ -15,7 +16,7 @@ def with_rule(name, rule, state):
 def test_every_rule_is_covered_here():
     assert {r.name for r in RULES} == {
         "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
-        "keep_whole", "snake_order",
+        "keep_whole", "snake_order", "last_block_mask",
     }
 
 
@@ -126,3 +127,20 @@ def test_snake_order_starts_below_the_diagonal_only_where_it_moves_with_the_oute
     a, b = rng.standard_normal((300, 300)).astype(np.float32), rng.standard_normal((300, 270)).astype(np.float32)
     got = load_module(built.source, "trimm").trimm(jnp.asarray(a), jnp.asarray(b), interpret=nan_interpret)
     np.testing.assert_allclose(np.asarray(got), np.tril(a) @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_last_block_mask_is_off_unless_a_spec_turns_it_on(tmp_path):
+    off = build_text(tmp_path, (SPECS / "bmm.yaml").read_text())
+    assert "_mask_last_block" not in off.source and "_mask_tail(a, axis=1" in off.source
+    assert not off.plan.last_block_masks
+    assert "rule off: every 'k' block computes its tail mask" in format_plan(off.plan)
+    on = build_text(tmp_path, with_rule("bmm", "last_block_mask", "on"))
+    assert on.plan.last_block_masks == {"k"}
+    assert "a_masked = _mask_last_block(a, axis=1, start=k_start, size=k, fill=0.0)" in on.source
+    assert "blocks masked under lax.cond x2" in format_plan(on.plan)  # counted in VMEM
+
+
+def test_last_block_mask_needs_an_ordered_axis(tmp_path):
+    built = build_text(tmp_path, with_rule("exp", "last_block_mask", "on"))
+    assert not built.plan.last_block_masks and "_mask_last_block" not in built.source
+    assert "no ordered axis walked in blocks" in format_plan(built.plan)

@@ -85,15 +85,18 @@ class Built:
     source: str
 
 
-def plan_spec(path: Path, overrides=None, chip: str = DEFAULT_CHIP) -> tuple[Spec, Plan]:
+def plan_spec(path: Path, overrides=None, chip: str = DEFAULT_CHIP, rules: dict[str, bool] | None = None) -> tuple[Spec, Plan]:
+    """The spec and its plan for `chip`, with `rules` (name: on) over its own switches."""
     spec = load_spec(path, display_path(path), overrides, shown_path=str(path))
-    return spec, make_plan(lower(spec), chip)
+    return spec, make_plan(lower(spec.for_chip(chip, rules)), chip)
 
 
-def build_source(path: Path, overrides=None, chip: str = DEFAULT_CHIP, output_dir: Path | None = None) -> Built:
+def build_source(path: Path, overrides=None, chip: str = DEFAULT_CHIP, output_dir: Path | None = None,
+                 rules: dict[str, bool] | None = None) -> Built:
     """Build one spec's module; `output_dir` (default: the project's generated/) only
-    shapes the rebuild command written into the header."""
-    spec, plan = plan_spec(path, overrides, chip)
+    shapes the rebuild command written into the header; `rules` switches rules over the
+    spec's own switches (a tuning candidate)."""
+    spec, plan = plan_spec(path, overrides, chip, rules)
     rendered = render(plan, spec.file, rebuild_command(path, output_dir, chip, overrides))
     check_source(rendered, spec.file)
     source = format_source(rendered)

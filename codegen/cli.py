@@ -92,12 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block", dest="blocks", action="append", metavar="NAME=N", default=[],
                    help="a block size keyword of the entry point (repeatable), e.g. --block block_m=256")
 
-    p = sub.add_parser("tune", help="search block sizes by the compiler's estimate; record the winner in the spec")
+    p = sub.add_parser("tune", help="search block sizes and rule switches by the compiler's estimate; record the winner in the spec")
     p.add_argument("spec", type=Path, metavar="SPEC")
     _add_build_options(p, output=False)
     _add_compile_options(p)
     p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
     p.add_argument("--dry-run", action="store_true", help="print the winner; leave the spec as it is")
+    p.add_argument("--blocks-only", action="store_true",
+                   help="search block sizes alone; by default each rule that changes the kernel is tried switched too")
 
     sub.add_parser("schema", help="print the spec's JSON Schema")
     return parser
@@ -381,17 +383,24 @@ def _cmd_tune(args) -> int:
     from codegen.tpu_compile import CompilerUnavailable
     from codegen.tune import block_keyword, tune, write_tune_entry
 
-    built = build_source(args.spec, _overrides(args.defines), args.chip)
+    overrides = _overrides(args.defines)
+    built = build_source(args.spec, overrides, args.chip)
     shapes = parse_shapes(args.shapes)
+
+    def rebuild(rules):
+        return build_source(args.spec, overrides, args.chip, rules=rules)
+
     try:
-        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print)
+        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print,
+                     rebuild=None if args.blocks_only else rebuild)
     except CompilerUnavailable as err:
         print(err, file=sys.stderr)
         return EXIT_FAILED
     except (RuntimeError, ValueError) as err:
         print(f"tune {built.plan.ir.name}: {err}", file=sys.stderr)
         return EXIT_FAILED
-    shown = " ".join(f"{block_keyword(built.plan, a)}={v}" for a, v in tuned.blocks.items())
+    shown = " ".join([f"{block_keyword(built.plan, a)}={v}" for a, v in tuned.blocks.items()]
+                     + [f"{r}={'on' if on else 'off'}" for r, on in tuned.rules.items()])
     print(f"winner for {args.chip}: {shown} at {tuned.cycles:,} estimated cycles; "
           f"{len(tuned.trials)} candidates compiled in {tuned.seconds:.0f}s")
     if args.dry_run:

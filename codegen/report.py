@@ -89,6 +89,9 @@ def format_plan(plan: Plan) -> str:
     rows = []
     for rule in RULES:
         state = "on" if plan.rules_enabled[rule.name] else "off"
+        tuned = plan.ir.spec.tune.get(plan.chip.name)
+        if tuned is not None and rule.name in tuned.rules:
+            state += f" (tune.{plan.chip.name})"
         decisions = [d for d in plan.decisions if d.rule == rule.name]
         if not decisions:
             rows.append([rule.name, state, "-", "skipped", "nothing it applies to"])

@@ -32,6 +32,8 @@ class Rule:
     # Whether a spec that does not name the rule gets it. Off where the compiler's estimate
     # measured it slower than without (see benchmarks/rule_effects_results.md).
     on_by_default: bool = True
+    # Whether `codegen tune` may try the rule off: not where off is a correctness bug.
+    tune_may_switch_off: bool = True
 
     def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
         raise NotImplementedError
@@ -168,6 +170,7 @@ class SlotSemaphores(Rule):
     name = "slot_semaphores"
     seed = "seed 003's follow-up race fix"
     summary = "each VMEM slot of a paged operand has its own DMA semaphore"
+    tune_may_switch_off = False  # off is the race the rule exists to prevent
 
     def apply(self, plan, enabled):
         paged = [op.tensor for op in plan.inputs if op.memory == "paged"]

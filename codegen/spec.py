@@ -7,6 +7,7 @@ The accepted shape of a spec is declared once, in `SCHEMA`; validation and
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import keyword
 import re
@@ -76,6 +77,8 @@ TUNE_FIELDS = {
     "blocks": Field("sizes", "Block size per blocked axis (for a paged axis: pages per compute block).", True),
     "estimated_cycles": Field("int", "The compiler's estimate for the winner at those shapes."),
     "compiler": Field("string", "The compiler that made the estimate, e.g. libtpu 0.0.42.1."),
+    "rules": Field("switches", "Rules `codegen tune` switched for this chip (rule: on/off); they take the place "
+                   "of the spec's own `rules:` switch in a build for the chip."),
 }
 LOWERINGS = ("outer_pipeline", "grid")
 TENSOR_FIELDS = {
@@ -137,6 +140,8 @@ def json_schema() -> dict:
             "mapping": entry_schema(f.fields) if f.fields else {},
             "sizes": {"type": "object", "propertyNames": {"pattern": IDENTIFIER.pattern},
                       "additionalProperties": {"type": "integer", "minimum": 1}},
+            "switches": {"type": "object", "propertyNames": {"enum": list(RULE_NAMES)},
+                         "additionalProperties": {"type": "boolean"}},
         }[f.kind]
         return {**base, "description": f.doc} if f.doc else base
 
@@ -286,6 +291,7 @@ class TuneEntry:
     estimated_cycles: int | None
     compiler: str
     loc: Location
+    rules: dict[str, RuleSwitch] = field(default_factory=dict)
 
 
 @dataclass
@@ -305,6 +311,20 @@ class Spec:
     name_loc: Location
     overrides: dict[str, object] = field(default_factory=dict)
     tune: dict[str, TuneEntry] = field(default_factory=dict)
+
+    def for_chip(self, chip: str, switched: dict[str, bool] | None = None) -> "Spec":
+        """This spec as a build for `chip` sees it: the rules its tune entry for the chip
+        switched take the place of its own `rules:` switches, and `switched` (a tuning
+        candidate's) goes over both."""
+        entry = self.tune.get(chip)
+        rules = dict(self.rules)
+        if entry is not None:
+            rules.update(entry.rules)
+        for name, on in (switched or {}).items():
+            rules[name] = RuleSwitch(name, on, None)
+        if rules == self.rules:
+            return self
+        return dataclasses.replace(self, rules=rules)
 
 
 # --- validation -------------------------------------------------------------
@@ -416,6 +436,11 @@ def _entry(node: Node, fields: dict[str, Field], what: str) -> dict[str, object]
             out[key] = _entry(child, f.fields, f"{what}.{key}")
         elif f.kind == "sizes":
             out[key] = _sizes(child, f"{what}.{key}")
+        elif f.kind == "switches":
+            out[key] = {
+                name: RuleSwitch(name, _scalar_field(value, Field("bool", ""), f"{what}.{key}.{name}"), child.key_locs[name])
+                for name, value in _expect_mapping(child, f"{what}.{key}").items()
+            }
         else:
             out[key] = _scalar_field(child, f, f"{what}.{key}")
         out[key + "_loc"] = child.loc
@@ -576,7 +601,8 @@ def parse_spec(
             if axis not in axes or (axes[axis].block is None):
                 raise SpecError(f"tune.{chip}.blocks: '{axis}' is not an axis with a block", block_loc,
                                 did_you_mean(axis, [a for a in axes if axes[a].block]))
-        tune[chip] = TuneEntry(chip, e["shapes"], e["blocks"], e.get("estimated_cycles"), e.get("compiler", ""), loc)
+        tune[chip] = TuneEntry(chip, e["shapes"], e["blocks"], e.get("estimated_cycles"), e.get("compiler", ""), loc,
+                               e.get("rules", {}))
 
     lowering = _scalar_field(top["lowering"], SCHEMA["lowering"], "lowering") if "lowering" in top else None
     _check_names(params, axes, tensors, accumulators, compute)

@@ -4,10 +4,12 @@ Each candidate is compiled for the chip in a fresh child process with the static
 profile on (codegen.tpu_compile.profile_kernel), at the shapes given, and scored by
 its estimated cycles. The search is coordinate descent from the spec's own blocks:
 for one blocked axis at a time, every candidate size is tried with the others held,
-and the best kept; passes repeat until one changes nothing (or `passes` run out).
+and the best kept; then each switchable rule is tried the other way at the best
+blocks (`rule_candidates`); passes repeat until one changes nothing (or `passes` run
+out).
 
 The winner goes into the spec's `tune:` section under the chip, with the shapes it
-was tuned at and its estimate. Nothing else reads the compiler: a build stays
+was tuned at, its estimate, and the rules it switched. Nothing else reads the compiler: a build stays
 offline and deterministic, taking that entry's blocks as the entry point's defaults
 when it builds for that chip.
 """
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from codegen.build import Built
 from codegen.estimate import case_from_shapes, data_dependent_note, shapes_text
 from codegen.plan import Plan
+from codegen.rules import RULES
 from codegen.verify import Case, kernel_to_compile
 
 SIZES = (128, 256, 512, 1024, 2048)
@@ -53,12 +57,50 @@ def candidates(plan: Plan, case: Case, axis: str) -> list[int]:
     return sorted(sizes | {min(ap.block, extent)})
 
 
+def spec_rule_state(built: Built, name: str) -> bool:
+    """Whether the spec, without any tune entry, has rule `name` on."""
+    switch = built.spec.rules.get(name)
+    return switch.enabled if switch is not None else next(r for r in RULES if r.name == name).on_by_default
+
+
+def rule_candidates(built: Built, rebuild: Callable[[dict[str, bool]], Built]) -> tuple[dict[str, Built], list[str]]:
+    """The rules worth trying the other way, each with its build: {name: build with it
+    switched}, and why the others are not tried.
+
+    A rule is tried off where it is on, and on where it is off unless the spec's own
+    `rules:` turned it off; not where switching it leaves the source as it is, where it
+    would change which axes have blocks (the search's coordinates), or where off is
+    unsafe (`Rule.tune_may_switch_off`). So tuning never turns on what the spec's
+    author turned off, nor lets a rule go where the spec has not allowed it (snake_order
+    over declared accumulators).
+    """
+    plan = built.plan
+    tried, skipped = {}, []
+    for rule in RULES:
+        now = plan.rules_enabled[rule.name]
+        off_by_the_author = rule.name in built.spec.rules and not built.spec.rules[rule.name].enabled
+        if not now and off_by_the_author:
+            continue
+        variant = rebuild({rule.name: not now})
+        if variant.source == built.source:
+            continue
+        if now and not rule.tune_may_switch_off:
+            skipped.append(f"{rule.name}: never switched off by tuning ({rule.summary})")
+            continue
+        if tunable_axes(variant.plan) != tunable_axes(plan):
+            skipped.append(f"{rule.name}: switching it changes which axes have blocks")
+            continue
+        tried[rule.name] = variant
+    return tried, skipped
+
+
 @dataclass
 class Trial:
     blocks: dict[str, int]
     cycles: int | None
     seconds: float
     why_not: str = ""
+    rules: dict[str, bool] = field(default_factory=dict)  # the rules switched from the base build
 
 
 @dataclass
@@ -71,10 +113,15 @@ class Tuned:
     compiler: str
     trials: list[Trial]
     seconds: float
+    # The winner's rules that differ from the spec's own switches, to record per chip.
+    rules: dict[str, bool] = field(default_factory=dict)
+    rules_tried: list[str] = field(default_factory=list)
 
 
 def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = None, passes: int = 2,
-         log=print) -> Tuned:
+         log=print, rebuild: Callable[[dict[str, bool]], Built] | None = None) -> Tuned:
+    """Search blocks, and with `rebuild` (a build of the spec for `chip` with rules
+    switched: {name: on}) the rules worth switching, by the compiler's estimate."""
     from codegen.tpu_compile import profile_kernel
 
     plan = built.plan
@@ -85,51 +132,76 @@ def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = N
     note = data_dependent_note(plan)
     if note:
         log(f"caution: {note}")
+    variants, skipped = rule_candidates(built, rebuild) if rebuild else ({}, [])
     started = time.perf_counter()
     trials: dict[tuple, Trial] = {}
     compiler = ""
 
-    def score(blocks: dict[str, int]) -> Trial:
+    def score(blocks: dict[str, int], rules: dict[str, bool]) -> Trial:
         nonlocal compiler
-        key = tuple(sorted(blocks.items()))
+        key = (tuple(sorted(blocks.items())), tuple(sorted(rules.items())))
         if key in trials:
             return trials[key]
+        variant = built
+        if rules:
+            variant = variants[next(iter(rules))] if len(rules) == 1 else rebuild(rules)
         kwargs = {block_keyword(plan, a): n for a, n in blocks.items()}
-        shown = " ".join(f"{k}={v}" for k, v in kwargs.items())
+        shown = " ".join([f"{k}={v}" for k, v in kwargs.items()] + [f"{r}={'on' if v else 'off'}" for r, v in rules.items()])
         log(f"  [{len(trials) + 1}] {shown} ...", end="", flush=True)
-        result = profile_kernel(kernel_to_compile(built, case, kwargs), chip, python=python)
+        result = profile_kernel(kernel_to_compile(variant, case, kwargs), chip, python=python)
         compiler = compiler or f"libtpu {result.libtpu_version}"
         if result.ok and result.estimated_cycles is not None:
-            trial = Trial(dict(blocks), result.estimated_cycles, result.seconds)
+            trial = Trial(dict(blocks), result.estimated_cycles, result.seconds, rules=dict(rules))
             log(f" {result.estimated_cycles:,} cycles ({result.seconds:.1f}s)")
         else:
             why = result.error.splitlines()[0] if not result.ok else result.profile_error or "no estimate"
-            trial = Trial(dict(blocks), None, result.seconds, why)
+            trial = Trial(dict(blocks), None, result.seconds, why, dict(rules))
             log(f" skipped: {why[:160]}")
         trials[key] = trial
         return trial
 
-    log(f"tune {plan.ir.name} for {chip} at {shapes_text(case)}: axes {', '.join(axes)}")
-    best = score({a: min(plan.axes[a].block, candidates(plan, case, a)[-1]) for a in axes})
+    def better(trial: Trial, best: Trial) -> bool:
+        return trial.cycles is not None and (best.cycles is None or trial.cycles < best.cycles)
+
+    log(f"tune {plan.ir.name} for {chip} at {shapes_text(case)}: axes {', '.join(axes)}"
+        + (f"; rules {', '.join(variants)}" if variants else ""))
+    for line in skipped:
+        log(f"  not tried: {line}")
+    best = score({a: min(plan.axes[a].block, candidates(plan, case, a)[-1]) for a in axes}, {})
     for n in range(passes):
         changed = False
         for axis in axes:
             for size in candidates(plan, case, axis):
-                trial = score(best.blocks | {axis: size})
-                if trial.cycles is not None and (best.cycles is None or trial.cycles < best.cycles):
+                trial = score(best.blocks | {axis: size}, best.rules)
+                if better(trial, best):
                     best, changed = trial, True
-        log(f"pass {n + 1}: best {' '.join(f'{block_keyword(plan, a)}={v}' for a, v in best.blocks.items())} "
-            f"at {best.cycles:,} cycles" if best.cycles else f"pass {n + 1}: no candidate compiled")
+        for name in variants:
+            rules = dict(best.rules)
+            if name in rules:
+                del rules[name]  # back to the base build's state
+            else:
+                rules[name] = not plan.rules_enabled[name]
+            trial = score(best.blocks, rules)
+            if better(trial, best):
+                best, changed = trial, True
+        shown = " ".join([f"{block_keyword(plan, a)}={v}" for a, v in best.blocks.items()]
+                         + [f"{r}={'on' if v else 'off'}" for r, v in best.rules.items()])
+        log(f"pass {n + 1}: best {shown} at {best.cycles:,} cycles" if best.cycles else f"pass {n + 1}: no candidate compiled")
         if not changed:
             break
     if best.cycles is None:
         raise RuntimeError(f"no candidate compiled and profiled for {chip}: {best.why_not}")
-    return Tuned(chip, dict(shapes), case, best.blocks, best.cycles, compiler, list(trials.values()), time.perf_counter() - started)
+    # What the build for the chip needs, over the spec's own switches.
+    final = {r.name: best.rules.get(r.name, plan.rules_enabled[r.name]) for r in RULES}
+    entry_rules = {name: on for name, on in final.items() if on != spec_rule_state(built, name)}
+    return Tuned(chip, dict(shapes), case, best.blocks, best.cycles, compiler, list(trials.values()),
+                 time.perf_counter() - started, entry_rules, list(variants))
 
 
 # --- writing the spec's tune: section -------------------------------------------
 
-_HEADER = "tune:  # by `codegen tune`: the best blocks per chip at these shapes; a build for the chip defaults to them"
+_HEADER = ("tune:  # by `codegen tune`: the best blocks (and rule switches) per chip at these shapes; "
+           "a build for the chip defaults to them")
 
 
 def _flow(mapping: dict[str, object]) -> str:
@@ -145,6 +217,8 @@ def tune_section(entries: dict[str, dict]) -> str:
             fields["estimated_cycles"] = e["estimated_cycles"]
         if e.get("compiler"):
             fields["compiler"] = f'"{e["compiler"]}"'
+        if e.get("rules"):
+            fields["rules"] = _flow({name: "on" if on else "off" for name, on in e["rules"].items()})
         lines.append(f"  {chip}: {_flow(fields)}")
     return "\n".join(lines) + "\n"
 
@@ -156,11 +230,12 @@ def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
 
     text = spec_path.read_text(encoding="utf-8")
     entries = {
-        chip: {"shapes": e.shapes, "blocks": e.blocks, "estimated_cycles": e.estimated_cycles, "compiler": e.compiler}
+        chip: {"shapes": e.shapes, "blocks": e.blocks, "estimated_cycles": e.estimated_cycles, "compiler": e.compiler,
+               "rules": {name: switch.enabled for name, switch in e.rules.items()}}
         for chip, e in built.spec.tune.items()
     }
     entries[tuned.chip] = {"shapes": tuned.shapes, "blocks": tuned.blocks, "estimated_cycles": tuned.cycles,
-                           "compiler": tuned.compiler}
+                           "compiler": tuned.compiler, "rules": tuned.rules}
     # The old section: its `tune:` line and every indented, blank or comment line after it.
     kept = re.sub(r"(?m)^tune:.*\n(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*)\n)*", "", text)
     if kept and not kept.endswith("\n"):

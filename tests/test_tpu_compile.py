@@ -220,13 +220,82 @@ def test_tune_compiles_candidates_and_records_the_best(tmp_path, capsys):
     path.write_text((SPECS / "exp.yaml").read_text())
     assert main(["tune", str(path), "--chip", "v6e", "--shape", "m=256", "--shape", "n=512", "--passes", "1"]) == 0
     out = capsys.readouterr().out
-    trials = {tuple(re.findall(r"block_\w+=\d+", line)): int(cycles.replace(",", ""))
+    trials = {tuple(re.findall(r"\w+=\w+", line)): int(cycles.replace(",", ""))
               for line, cycles in re.findall(r"(\[\d+\] .*?) \.\.\. ([\d,]+) cycles", out)}
-    assert len(trials) >= 3, out
+    assert len(trials) >= 4, out
+    # the rule that changes exp's kernel is tried switched, at the best blocks
+    assert "rules output_only" in out and any("output_only=off" in key for key in trials), out
     entry = build_source(path).spec.tune["v6e"]
     assert entry.shapes == {"m": 256, "n": 512}
     assert entry.estimated_cycles == min(trials.values())
+    winner = min(trials, key=trials.get)
+    assert {name: switch.enabled for name, switch in entry.rules.items()} == (
+        {"output_only": False} if "output_only=off" in winner else {})
     assert "tune.v6e written" in out
+
+
+def test_a_tune_entry_switches_rules_for_its_chip_alone(tmp_path):
+    from codegen.report import format_plan
+
+    from conftest import build_text
+
+    entry = "  v6e: {shapes: {batch: 4, m: 2048, n: 2048, k: 2048}, blocks: {m: 256, n: 512, k: 1024}, " \
+            "rules: {last_block_mask: on, snake_order: off}}\n"
+    text = _bmm_untuned() + "tune:\n" + entry
+    tuned = build_text(tmp_path, text, chip="v6e")
+    assert "_mask_last_block(a" in tuned.source and "_snake_block" not in tuned.source
+    assert "last_block_mask  on (tune.v6e)" in format_plan(tuned.plan)
+    other = build_text(tmp_path, text, chip="v5e")
+    assert "_mask_last_block" not in other.source and "_snake_block" in other.source
+    # over the spec's own switch too: the entry is what tuning found for the chip
+    switched = build_text(tmp_path, text.replace("compute:", "rules: {snake_order: on}\ncompute:"), chip="v6e")
+    assert "_snake_block" not in switched.source
+    with pytest.raises(SpecError, match="unknown rule 'last_blok_mask'") as err:
+        build_text(tmp_path, text.replace("last_block_mask: on", "last_blok_mask: on"), chip="v6e")
+    assert err.value.location.line == text.count("\n")  # the entry's line
+    with pytest.raises(SpecError, match=re.escape("tune.v6e.rules.last_block_mask must be true or false (or on/off), got 3")):
+        build_text(tmp_path, text.replace("last_block_mask: on", "last_block_mask: 3"), chip="v6e")
+
+
+def test_tune_tries_the_rules_that_change_the_kernel_and_respects_the_authors_switches(tmp_path):
+    from codegen.tune import rule_candidates
+
+    from conftest import build_text
+
+    def tried(text):
+        built = build_text(tmp_path, text)
+        variants, skipped = rule_candidates(built, lambda rules: build_source(tmp_path / "k.yaml", rules=rules))
+        return sorted(variants), skipped
+
+    bmm = _bmm_untuned()
+    assert tried(bmm) == (["last_block_mask", "output_only", "snake_order"], [])
+    # a rule the author turned off is not turned on by tuning
+    assert tried(bmm.replace("compute:", "rules: {snake_order: off}\ncompute:"))[0] == ["last_block_mask", "output_only"]
+    # snake_order over declared accumulators goes only where the spec allows it
+    attention = (SPECS / "attention.yaml").read_text()
+    assert "snake_order" not in tried(attention.replace("rules: {snake_order: on}\n", ""))[0]
+    # off is a race for slot_semaphores: never tried
+    variants, skipped = tried((SPECS / "paged_attention.yaml").read_text())
+    assert "slot_semaphores" not in variants and "paged_prefetch" in variants
+    assert any(line.startswith("slot_semaphores: never switched off") for line in skipped)
+    # keep_whole off walks n in passes, a new blocked axis: not one of the search's coordinates
+    in_tiles = (Path(__file__).parent / "specs" / "softmax_in_passes.yaml").read_text()
+    variants, skipped = tried(in_tiles.replace("rules: {keep_whole: off}\n", ""))
+    assert "keep_whole" not in variants and "keep_whole: switching it changes which axes have blocks" in skipped
+
+
+def test_writing_a_tune_entry_with_rules_reads_back(tmp_path):
+    from codegen.tune import Tuned, write_tune_entry
+    from codegen.verify import Case
+
+    path = tmp_path / "bmm.yaml"
+    path.write_text(_bmm_untuned())
+    shapes = {"batch": 2, "m": 512, "n": 512, "k": 500}
+    write_tune_entry(path, build_source(path), Tuned("v7x", shapes, Case("tune", shapes), {"m": 512, "n": 512, "k": 512},
+                                                     9, "libtpu 0.0.50.1", [], 1.0, {"last_block_mask": True}))
+    assert "rules: {last_block_mask: on}" in path.read_text()
+    assert build_source(path).spec.tune["v7x"].rules["last_block_mask"].enabled
+    assert "_mask_last_block" in build_source(path, chip="v7x").source
 
 
 def test_tune_candidates_are_aligned_and_stop_at_the_extent():

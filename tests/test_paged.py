@@ -182,3 +182,28 @@ def test_entry_point_splits_and_checks_the_query_heads():
         module.paged_attention(q[:, :3], k, v, lengths, table)
     with pytest.raises(ValueError, match=r"lengths: expected int32\[1\], got int32\[2\]"):
         module.paged_attention(q, k, v, np.zeros(2, np.int32), table)
+
+
+def test_query_heads_of_a_kv_head_share_each_kv_block_as_rows():
+    """The g query heads of a K/V head are rows of one q block, not a grid axis: each K/V
+    block is fetched once for all of them and multiplied with them in one dot (no batch
+    dims), so K/V traffic does not grow with g."""
+    plan = plan_spec(SPECS / "paged_attention.yaml")[1]
+    assert "g" not in plan.grid + plan.pipeline_grid and plan.axes["g"].mode == "full"
+    assert "s = lax.dot_general(\n            q, k_pages, (((1,), (1,)), ((), ()))" in checked_in_module_source("paged_attention")
+    lengths = [0, 5, PAGE + 1, MAX]
+    kv_bytes, steps = {}, {}
+    for groups in (1, 4):
+        inputs = make_inputs(lengths, 2, groups, seed=6)
+        with counting_traffic() as traffic:
+            out = run(checked_in_module("paged_attention"), inputs, interpret_params(traffic))
+        close(out, reference(*inputs))
+        kv_bytes[groups] = traffic.hbm_to_vmem - np.asarray(inputs[0]).nbytes
+        steps[groups] = traffic.grid_steps
+    pages = sum(-(-n // PAGE) for n in lengths)
+    assert kv_bytes[1] == kv_bytes[4] == 2 * 2 * pages * PAGE * D * 2  # K and V, per K/V head, bf16
+    assert steps[1] == steps[4] == len(lengths) * 2
+
+
+def checked_in_module_source(name):
+    return (ROOT / "generated" / f"{name}.py").read_text()

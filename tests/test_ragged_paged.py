@@ -132,6 +132,8 @@ def test_mask_skip_stops_the_page_loop_at_the_last_live_block(tmp_path):
 def test_plan():
     _, plan = plan_spec(SPECS / "ragged_paged_attention.yaml")
     assert plan.lowering == "paged" and plan.grid == ["b", "kvh", "tq"]
+    # the query heads of a K/V head are rows of the q block: each K/V block serves all of them
+    assert plan.axes["g"].mode == "full" and "g" not in plan.pipeline_grid
     assert {op.tensor: op.memory for op in plan.inputs + plan.outputs} == {
         "q": "rows", "k_pages": "paged", "v_pages": "paged", "out": "rows",
     }

@@ -250,13 +250,16 @@ NOTES = """
   where the odd tile before ended. attention gets the plain rule: each q tile after the
   first starts on its predecessor's last block.
 - **bmm, matmul_bias_gelu: A once per column block, B once per row block** (1.67x).
-- **gdpa_jagged, hstu: K and V once per q tile.** A segment's kv rows are walked again for
-  each of its q tiles (up to 3 here); hstu's causal mask (mask_skip) skips the kv tiles
-  after each q tile, which brings it from gdpa_jagged's 1.78x to 1.28x.
-- **grouped_gemm with skewed groups: 3.63x.** The grid gives every group cdiv(max, block)
-  row tiles; a tile past its group's rows does no work and repeats its lhs block, but its
-  rhs index still walks K, so rhs is fetched again for every over-launched tile. A grid over
-  the real tiles only (a scalar-prefetched tile-to-group map, as megablox does) removes it.
+- **gdpa_jagged, hstu: K and V once per real q tile.** A segment's kv rows are walked
+  again for each of its real q tiles; hstu's causal mask (mask_skip) skips the kv tiles
+  after each q tile. The static grid also launches q tiles past each segment's end; with
+  idle_tiles_hold they hold kv at the block the real tile before them ended on and fetch
+  nothing (gdpa_jagged moved 1.78x before the rule, hstu 1.28x).
+- **grouped_gemm: rhs once per real row tile.** The grid gives every group cdiv(max, block)
+  row tiles; one past its group's rows does no work, and with idle_tiles_hold its index
+  maps stay on the last block of the real tile before it, so it moves nothing (before the
+  rule, such a tile walked K again and fetched rhs each time: 3.63x with skewed groups,
+  2.49x with mixed ones). What is left is rhs read once per real row tile of its group.
 - **paged_attention: whole pages.** DMAs move whole pages, so a sequence's last page is read
   in full even when only some of its rows are below the length. No page past a length is
   touched, and zero-length sequences issue no DMA: 68 DMAs = 2 (K, V) x 2 K/V heads x 17 pages.

@@ -92,6 +92,8 @@ class Plan:
     semaphore_per_slot: bool = True
     decisions: list[Decision] = field(default_factory=list)
     mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
+    # Whether tiles past a segment's end hold the ordered axis at its last block (idle_tiles_hold).
+    holds_idle_tiles: bool = False
     # The grid axis on whose even tiles the ordered axis is walked backwards (snake_order).
     snake_outer: str | None = None
     # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).

@@ -408,3 +408,39 @@ class LastBlockMask(Rule):
 
 RULES = (*RULES, LastBlockMask())
 RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class IdleTilesHold(Rule):
+    name = "idle_tiles_hold"
+    seed = "megablox gmm, whose grid visits a group's real tiles only"
+    summary = (
+        "a tile past its segment's end (the static grid launches cdiv(max, block) per segment) "
+        "holds the ordered axis at its last block, where the tile before it ended, so it "
+        "fetches nothing: over-launched tiles never re-read what the ordered axis walks"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        k, ordered = plan.ir, plan.ir.ordered_axis
+        idle = [a for a in plan.pipeline_grid if plan.axes[a].mode == "jagged" and a != ordered]
+        if not plan.unit.launches_idle_tiles or not idle:
+            return [Decision(self.name, "-", False, "no tile is launched past its segment's end")]
+        if ordered is None:
+            return [Decision(self.name, ", ".join(idle), False, "no ordered axis: an idle tile's blocks already repeat the real one's")]
+        if k.passes > 1:
+            return [Decision(self.name, ordered, False, f"'{ordered}' is walked in passes, whose steps say which pass it is")]
+        walked = [op.tensor for op in plan.inputs if op.memory == "blocked" and ordered in k.tensors[op.tensor].dims]
+        if not walked:
+            return [Decision(self.name, ordered, False, f"no input is walked along '{ordered}'")]
+        if not enabled:
+            return [Decision(self.name, ordered, False, f"rule off: a tile past its segment's end walks '{ordered}' and fetches {', '.join(walked)} again")]
+        plan.holds_idle_tiles = True
+        return [Decision(
+            self.name, ordered, True,
+            f"a '{'/'.join(idle)}' tile past its segment's end holds '{ordered}' at its last block, where the "
+            f"tile before it ended, so its steps fetch no block of {', '.join(walked)}",
+        )]
+
+
+RULES = (*RULES, IdleTilesHold())
+RULE_NAMES = tuple(r.name for r in RULES)

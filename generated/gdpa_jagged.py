@@ -205,11 +205,25 @@ def _gdpa_jagged_kernel(
         def _finalize():
             out_ref[...] = jnp.transpose(out_acc_ref[...].astype(out_ref.dtype), (1, 0, 2))
 
+    def skv_index_held(b_index, sq_index, skv_index):
+        # idle_tiles_hold: a 'sq' tile past its segment's end holds 'skv' at its last block, where the tile before it ended, so its steps fetch no block of k, v
+        return jnp.where(
+            (sq_index * block_sq < q_offsets_ref[b_index + 1] - q_offsets_ref[b_index]),
+            skv_index,
+            num_skv_tiles - 1,
+        )
+
     def q_out_index_map(b_index, sq_index, skv_index):
         return (_jagged_tile(q_offsets_ref, b_index, sq_index, block_sq), 0, 0)
 
     def k_v_index_map(b_index, sq_index, skv_index):
-        return (_jagged_tile(kv_offsets_ref, b_index, skv_index, block_skv), 0, 0)
+        return (
+            _jagged_tile(
+                kv_offsets_ref, b_index, skv_index_held(b_index, sq_index, skv_index), block_skv
+            ),
+            0,
+            0,
+        )
 
     # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(

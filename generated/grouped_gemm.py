@@ -207,15 +207,27 @@ def _grouped_gemm_kernel(
         def _finalize():
             out_ref[...] = out_acc_ref[...].reshape(out_ref.shape)
 
+    def k_index_held(g_index, n_index, t_index, k_index):
+        # idle_tiles_hold: a 't' tile past its segment's end holds 'k' at its last block, where the tile before it ended, so its steps fetch no block of lhs, rhs
+        return jnp.where(
+            (t_index * block_t < group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]),
+            k_index,
+            num_k_tiles - 1,
+        )
+
     def lhs_index_map(g_index, n_index, t_index, k_index):
         return (
             _jagged_tile(group_offsets_ref, g_index, t_index, block_t),
             0,
-            _bounded_tile(k_index, block_k, k),
+            _bounded_tile(k_index_held(g_index, n_index, t_index, k_index), block_k, k),
         )
 
     def rhs_index_map(g_index, n_index, t_index, k_index):
-        return (g_index, _bounded_tile(k_index, block_k, k), _bounded_tile(n_index, block_n, n))
+        return (
+            g_index,
+            _bounded_tile(k_index_held(g_index, n_index, t_index, k_index), block_k, k),
+            _bounded_tile(n_index, block_n, n),
+        )
 
     def out_index_map(g_index, n_index, t_index, k_index):
         return (

@@ -215,6 +215,14 @@ def _hstu_kernel(
         def _finalize():
             out_ref[...] = jnp.transpose(out_acc_ref[...].astype(out_ref.dtype), (1, 0, 2))
 
+    def skv_index_held(b_index, sq_index, skv_index):
+        # idle_tiles_hold: a 'sq' tile past its segment's end holds 'skv' at its last block, where the tile before it ended, so its steps fetch no block of k, v
+        return jnp.where(
+            (sq_index * block_sq < seq_offsets_ref[b_index + 1] - seq_offsets_ref[b_index]),
+            skv_index,
+            num_skv_tiles - 1,
+        )
+
     def q_out_index_map(b_index, sq_index, skv_index):
         return (_jagged_tile(seq_offsets_ref, b_index, sq_index, block_sq), 0, 0)
 
@@ -224,7 +232,11 @@ def _hstu_kernel(
                 seq_offsets_ref,
                 b_index,
                 jnp.maximum(
-                    jnp.minimum(skv_index, (sq_index * block_sq + block_sq - 1) // block_skv), 0
+                    jnp.minimum(
+                        skv_index_held(b_index, sq_index, skv_index),
+                        (sq_index * block_sq + block_sq - 1) // block_skv,
+                    ),
+                    0,
                 ),
                 block_skv,
             ),

@@ -84,7 +84,7 @@ def test_plan_puts_the_jagged_axis_inside_the_other_parallel_axes():
 
 def test_dense_tails_are_bounded_in_the_pipeline():
     source = (SPECS.parent / "generated" / "grouped_gemm.py").read_text()
-    assert "pl.BoundedSlice(block_k)" in source and "_bounded_tile(k_index, block_k, k)" in source
+    assert "pl.BoundedSlice(block_k)" in source and "_bounded_tile(k_index_held(g_index, n_index, t_index, k_index), block_k, k)" in source
     assert "_bounded_tile(n_index, block_n, n)" in source
 
 
@@ -105,3 +105,29 @@ def test_a_max_below_the_block_keeps_the_block_aligned(nan_interpret):
         lhs, rhs, jnp.asarray(offsets), max_group_size=5, interpret=nan_interpret
     )
     np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["checked in", "grid lowering"])
+def test_tiles_past_a_groups_end_fetch_nothing(tmp_path, variant):
+    """idle_tiles_hold: raising max_group_size launches more tiles past each group's end,
+    and with the rule they move no byte; off, each walks K again and fetches rhs and lhs."""
+    import sys
+
+    from conftest import ROOT, with_rule
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dma_traffic import counting_traffic, interpret_params
+
+    lhs, rhs, offsets = inputs([3 * BLOCK_T, 1, 0, BLOCK_T + 1])
+    text = VARIANTS[variant] or SPEC
+    on = load_module(build_text(tmp_path, text).source, "grouped_gemm")
+    off = load_module(build_text(tmp_path, with_rule(text, "idle_tiles_hold", "off")).source, "grouped_gemm")
+    moved = {}
+    for name, mod, max_size in (("on", on, 3 * BLOCK_T), ("on", on, 6 * BLOCK_T), ("off", off, 3 * BLOCK_T)):
+        with counting_traffic() as traffic:
+            got = mod.grouped_gemm(lhs, rhs, jnp.asarray(offsets), max_group_size=max_size, block_t=BLOCK_T,
+                                   interpret=interpret_params(traffic))
+        np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)
+        moved[name, max_size] = traffic.hbm_to_vmem
+    assert moved["on", 3 * BLOCK_T] == moved["on", 6 * BLOCK_T]
+    assert moved["off", 3 * BLOCK_T] > moved["on", 3 * BLOCK_T]

@@ -16,7 +16,7 @@ def with_rule(name, rule, state):
 def test_every_rule_is_covered_here():
     assert {r.name for r in RULES} == {
         "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
-        "keep_whole", "snake_order", "last_block_mask",
+        "keep_whole", "snake_order", "last_block_mask", "idle_tiles_hold",
     }
 
 
@@ -144,3 +144,16 @@ def test_last_block_mask_needs_an_ordered_axis(tmp_path):
     built = build_text(tmp_path, with_rule("exp", "last_block_mask", "on"))
     assert not built.plan.last_block_masks and "_mask_last_block" not in built.source
     assert "no ordered axis walked in blocks" in format_plan(built.plan)
+
+
+def test_idle_tiles_hold_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("grouped_gemm", "idle_tiles_hold", "on"))
+    off = build_text(tmp_path, with_rule("grouped_gemm", "idle_tiles_hold", "off"))
+    assert on.plan.holds_idle_tiles and not off.plan.holds_idle_tiles
+    assert "def k_index_held(g_index, n_index, t_index, k_index):" in on.source
+    assert "_bounded_tile(k_index_held(g_index, n_index, t_index, k_index), block_k, k)" in on.source
+    assert "k_index_held" not in off.source
+    assert "rule off: a tile past its segment's end walks 'k' and fetches lhs, rhs again" in format_plan(off.plan)
+    # nothing to hold where no tile is launched past a segment's end
+    dense = build_text(tmp_path, with_rule("bmm", "idle_tiles_hold", "on"))
+    assert "no tile is launched past its segment's end" in format_plan(dense.plan)

@@ -27,6 +27,9 @@ class Lowering:
     # It can walk its ordered axis several times (a reduction used against its own axis,
     # not kept whole): the axis's steps are passes * tiles on a grid it indexes.
     walks_in_passes: bool = False
+    # Its grid is static, so it launches cdiv(max, block) tiles of a jagged axis per segment,
+    # and the index maps of those past the segment's end can hold their blocks still.
+    launches_idle_tiles: bool = False
 
     # -- planning
     def applies(self, k: "ir.KernelIR", axes: dict[str, "AxisPlan"]) -> bool:

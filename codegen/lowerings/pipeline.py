@@ -43,6 +43,7 @@ class _Pipeline(Lowering):
     asks_tpu_info = True
     clamps_tails = True
     walks_in_passes = True
+    launches_idle_tiles = True
 
     def applies(self, k, axes):
         return any(a.mode == "jagged" for a in axes.values()) and not any(a.mode == "paged" for a in axes.values())
@@ -93,12 +94,13 @@ class _Pipeline(Lowering):
         p.uses.add("grid_indices")
 
         # Tiles past a segment's end are launched (the grid is static) but skip their work.
-        parallel_checks = []
+        parallel_checks, idle_checks = [], []
         for a in plan.pipeline_grid:
             if plan.axes[a].mode == "jagged" and a != ordered:
                 body.append(f"{a}_size = {p.segment_extent(a)}")
                 p.outer_names.add(f"{a}_size")
                 parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
+                idle_checks.append(f"({a}_index * block_{a} < {p.segment_extent(a)})")
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)
             body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")
@@ -166,6 +168,15 @@ class _Pipeline(Lowering):
                     p.need(d)
         maps = IndexMaps([grid_parameter(plan, a) for a in plan.pipeline_grid])
         clamp = masked_tile_clamp(plan, p)
+        held_lines = []
+        if plan.holds_idle_tiles:  # an idle tile stays on the block the real tile before it ended on
+            params = ", ".join(maps.params)
+            held_lines = [f"def {ordered}_index_held({params}):"] + indent(
+                [f"# {w}" for w in plan.why(ordered, "block_spec")]
+                + [f"return jnp.where({' & '.join(idle_checks)}, {ordered}_index, {p.need(tile_count(ordered))} - 1)"]
+            ) + [""]
+            held = f"{ordered}_index_held({params})"
+            clamp = clamp.replace(f"{ordered}_index", held) if clamp else held
         tiles = tile_count(ordered) if k.passes > 1 else None
         in_specs = [block_spec(plan, op, maps, clamp, tiles) for op in piped]
         out_specs = [block_spec(plan, op, maps, tiles=tiles) for op in plan.outputs]
@@ -173,7 +184,7 @@ class _Pipeline(Lowering):
             "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid
         )
         hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped + plan.outputs]
-        lines += maps.lines()
+        lines += held_lines + maps.lines()
         lines += [
             f"# {plan.lowering_reason}",
             "pltpu.emit_pipeline(",

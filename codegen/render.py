@@ -368,6 +368,20 @@ class Entry:
         return docstring("\n".join(lines), "    ")
 
 
+def tuned_line(plan: Plan) -> str:
+    """What the spec's tune entry for the chip decided, where it applies: the defaults of the
+    block keywords and the rules it switched."""
+    entry = plan.ir.spec.tune.get(plan.chip.name)
+    if entry is None:
+        return ""
+    shapes = ", ".join(f"{a}={n}" for a, n in entry.shapes.items())
+    line = f"tune.{plan.chip.name} (by codegen tune at {shapes}): default blocks " + ", ".join(
+        f"{a}={n}" for a, n in entry.blocks.items())
+    if entry.rules:
+        line += "; rules " + ", ".join(f"{name} {'on' if s.enabled else 'off'}" for name, s in entry.rules.items())
+    return line
+
+
 def build_options(chip: str, overrides: dict[str, object]) -> str:
     parts = [f"--chip {chip}"]
     for name in sorted(overrides):
@@ -410,6 +424,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         spec_path=spec_path,
         spec_sha256=k.spec.sha256,
         build_options=build_options(plan.chip.name, k.spec.overrides),
+        tuned=tuned_line(plan),
         rebuild_command=rebuild_command or f"codegen build {spec_path}",
         docstring=docstring(module_doc),
         imports=imports,

@@ -353,7 +353,7 @@ class SnakeOrder(Rule):
             return [Decision(self.name, ordered, False, f"no grid axis outside '{ordered}'")]
         outer = plan.grid[position - 1]
         declared = [a.name for a in k.accumulators.values() if a.synthesized_from is None]
-        if declared and self.name not in k.spec.rules:
+        if declared and self.name not in k.spec.authored_rules:
             return [Decision(
                 self.name, ordered, False,
                 f"declared accumulators ({', '.join(declared)}) may depend on the order of '{ordered}': "

@@ -311,6 +311,14 @@ class Spec:
     name_loc: Location
     overrides: dict[str, object] = field(default_factory=dict)
     tune: dict[str, TuneEntry] = field(default_factory=dict)
+    # The switches the spec's own `rules:` wrote, where `rules` also has a tune entry's.
+    own_rules: dict[str, RuleSwitch] | None = None
+
+    @property
+    def authored_rules(self) -> dict[str, RuleSwitch]:
+        """The rules the spec's author switched (a permission, for snake_order), without
+        what tuning switched."""
+        return self.rules if self.own_rules is None else self.own_rules
 
     def for_chip(self, chip: str, switched: dict[str, bool] | None = None) -> "Spec":
         """This spec as a build for `chip` sees it: the rules its tune entry for the chip
@@ -324,7 +332,7 @@ class Spec:
             rules[name] = RuleSwitch(name, on, None)
         if rules == self.rules:
             return self
-        return dataclasses.replace(self, rules=rules)
+        return dataclasses.replace(self, rules=rules, own_rules=self.authored_rules)
 
 
 # --- validation -------------------------------------------------------------

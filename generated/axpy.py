@@ -3,6 +3,7 @@
 # build options: --chip v5e
 # DO NOT EDIT. Change the spec, then run from the project root:
 #   codegen build specs/axpy.yaml -o generated --chip v5e
+# tune.v5e (by codegen tune at m=4096, n=4096): default blocks m=1024, n=512
 """y + alpha * x, updating y in place (y is aliased to the output)."""
 
 import jax

@@ -3,6 +3,7 @@
 # build options: --chip v5e
 # DO NOT EDIT. Change the spec, then run from the project root:
 #   codegen build specs/bmm.yaml -o generated --chip v5e
+# tune.v5e (by codegen tune at batch=4, m=1024, n=1024, k=1024): default blocks m=1024, n=1024, k=256
 """Batched matrix multiply, [B, M, K] @ [B, K, N], with an f32 accumulator over K."""
 
 import functools

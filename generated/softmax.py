@@ -3,6 +3,7 @@
 # build options: --chip v5e
 # DO NOT EDIT. Change the spec, then run from the project root:
 #   codegen build specs/softmax.yaml -o generated --chip v5e
+# tune.v5e (by codegen tune at m=4096, n=4096): default blocks m=128
 """Row softmax over the last axis of a float32 matrix."""
 
 import jax

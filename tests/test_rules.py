@@ -10,7 +10,8 @@ from conftest import with_rule as add_rule
 
 
 def with_rule(name, rule, state):
-    return add_rule((SPECS / f"{name}.yaml").read_text(), rule, state)
+    # without the spec's tune entries, whose rule switches would take the place of this one
+    return add_rule((SPECS / f"{name}.yaml").read_text().split("\ntune:")[0] + "\n", rule, state)
 
 
 def test_every_rule_is_covered_here():

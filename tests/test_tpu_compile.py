@@ -245,6 +245,8 @@ def test_a_tune_entry_switches_rules_for_its_chip_alone(tmp_path):
     tuned = build_text(tmp_path, text, chip="v6e")
     assert "_mask_last_block(a" in tuned.source and "_snake_block" not in tuned.source
     assert "last_block_mask  on (tune.v6e)" in format_plan(tuned.plan)
+    assert ("# tune.v6e (by codegen tune at batch=4, m=2048, n=2048, k=2048): default blocks m=256, n=512, k=1024; "
+            "rules last_block_mask on, snake_order off\n") in tuned.source  # the header says why
     other = build_text(tmp_path, text, chip="v5e")
     assert "_mask_last_block" not in other.source and "_snake_block" in other.source
     # over the spec's own switch too: the entry is what tuning found for the chip

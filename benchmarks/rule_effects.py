@@ -156,10 +156,13 @@ def main() -> int:
     return 0
 
 
-def build(text: str, chip: str, folder: Path):
+def build(text: str, chip: str, folder: Path, rule: str, state: str):
+    """The spec built for `chip` with `rule` switched: in its text (where a rule needs the
+    spec's own word, as snake_order over declared accumulators does) and over the chip's
+    tune entry, whose switches would otherwise take the place of the spec's."""
     path = folder / "spec.yaml"
-    path.write_text(text, encoding="utf-8")
-    return build_source(path, None, chip)
+    path.write_text(with_rule(text, rule, state), encoding="utf-8")
+    return build_source(path, None, chip, rules={rule: state == "on"})
 
 
 def measure(args, started, run: Run) -> None:
@@ -173,7 +176,7 @@ def measure(args, started, run: Run) -> None:
                 assert old in text, f"{pair.spec}.yaml no longer has {old!r}"
                 text = text.replace(old, new)
             for chip in args.chips:
-                built = {state: build(with_rule(text, pair.rule, state), chip, folder) for state in ("on", "off")}
+                built = {state: build(text, chip, folder, pair.rule, state) for state in ("on", "off")}
                 decisions = {s: [d for d in b.plan.decisions if d.rule == pair.rule] for s, b in built.items()}
                 fired = any(d.applied for d in decisions["on"]) and not any(d.applied for d in decisions["off"])
                 case = case_from_shapes(built["on"].plan, pair.shapes, "benchmark")

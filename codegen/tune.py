@@ -64,8 +64,8 @@ def spec_rule_state(built: Built, name: str) -> bool:
 
 
 def rule_candidates(built: Built, rebuild: Callable[[dict[str, bool]], Built]) -> tuple[dict[str, Built], list[str]]:
-    """The rules worth trying the other way, each with its build: {name: build with it
-    switched}, and why the others are not tried.
+    """The rules worth trying the other way, each with its build ({name: build with it
+    switched}), and why the others are not tried.
 
     A rule is tried off where it is on, and on where it is off unless the spec's own
     `rules:` turned it off; not where switching it leaves the source as it is, where it
@@ -142,9 +142,7 @@ def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = N
         key = (tuple(sorted(blocks.items())), tuple(sorted(rules.items())))
         if key in trials:
             return trials[key]
-        variant = built
-        if rules:
-            variant = variants[next(iter(rules))] if len(rules) == 1 else rebuild(rules)
+        variant = rebuild(rules) if rules else built
         kwargs = {block_keyword(plan, a): n for a, n in blocks.items()}
         shown = " ".join([f"{k}={v}" for k, v in kwargs.items()] + [f"{r}={'on' if v else 'off'}" for r, v in rules.items()])
         log(f"  [{len(trials) + 1}] {shown} ...", end="", flush=True)

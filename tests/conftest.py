@@ -37,6 +37,10 @@ def with_rule(text: str, rule: str, state) -> str:
         return re.sub(rf"(\nrules: {{.*\b{rule}: )[a-z]+", rf"\g<1>{state}", text, count=1)
     if "\nrules: {" in text:
         return text.replace("\nrules: {", f"\nrules: {{{rule}: {state}, ", 1)
+    if re.search(rf"\nrules:\n(  .*\n)*  {rule}: ", text):  # switched in a block mapping
+        return re.sub(rf"(\nrules:\n(?:  .*\n)*  {rule}: )[a-z]+", rf"\g<1>{state}", text, count=1)
+    if "\nrules:\n" in text:
+        return text.replace("\nrules:\n", f"\nrules:\n  {rule}: {state}\n", 1)
     return text + f"rules:\n  {rule}: {state}\n"
 
 

@@ -36,6 +36,12 @@ class Traffic:
     hbm_to_vmem: int = 0
     vmem_to_hbm: int = 0
     grid_steps: int = 0
+    pipeline_grid: tuple[int, ...] = ()  # the emit_pipeline grid, where the kernel runs one
+
+    @property
+    def pipeline_steps(self) -> int:
+        """Steps of emit_pipeline over the call: its grid runs once per pallas_call grid step."""
+        return int(np.prod(self.pipeline_grid)) * self.grid_steps if self.pipeline_grid else 0
 
 
 @contextlib.contextmanager
@@ -44,7 +50,7 @@ def counting_traffic():
 
     This reaches into the TPU interpreter of jax 0.10 and 0.12 (the same there): its
     DMA start, DMA write-out, the `get`/`store` callbacks that move pallas_call blocks,
-    and its grid order. Nothing else here does.
+    and its grid order; and the grid a kernel gives emit_pipeline. Nothing else here does.
     """
     if not jax.__version__.startswith(("0.10.", "0.12.")):
         raise RuntimeError(f"the traffic hook knows the interpreter of jax 0.10 and 0.12, not jax {jax.__version__}")
@@ -55,6 +61,11 @@ def counting_traffic():
     saved = {name: getattr(interp, name) for name in ("dma_start", "get", "store")}
     saved_write = interp.DMA.execute_write
     saved_order = interp._get_randomized_grid_coordinates
+    saved_pipeline = pltpu.emit_pipeline
+
+    def emit_pipeline(body, *, grid, **kwargs):  # traced once per pallas_call trace
+        traffic.pipeline_grid = tuple(int(n) for n in grid)
+        return saved_pipeline(body, grid=grid, **kwargs)
 
     def dma_start(*args, **kwargs):
         traffic.dmas += 1
@@ -87,6 +98,7 @@ def counting_traffic():
     jax.clear_caches()  # kernels traced before the hook would keep the old callbacks
     interp.dma_start, interp.get, interp.store = dma_start, get, store
     interp.DMA.execute_write = execute_write
+    pltpu.emit_pipeline = emit_pipeline
     # One TensorCore walks the grid in order. The interpreter shuffles 'parallel' dims (to
     # expose races), and the blocks a step reuses from the step before depend on the order.
     interp._get_randomized_grid_coordinates = lambda grid, *_: (np.zeros((0,), np.int32),) * len(grid)
@@ -96,6 +108,7 @@ def counting_traffic():
         interp.dma_start, interp.get, interp.store = saved["dma_start"], saved["get"], saved["store"]
         interp.DMA.execute_write = saved_write
         interp._get_randomized_grid_coordinates = saved_order
+        pltpu.emit_pipeline = saved_pipeline
         jax.clear_caches()
 
 
@@ -185,7 +198,8 @@ def measure_jax_paged_attention(inputs, block_pages: int) -> Traffic:
 def row(label, traffic: Traffic, minimum: tuple[int, int], case_text: str) -> str:
     need_in, need_out = minimum
     ratio = (traffic.hbm_to_vmem + traffic.vmem_to_hbm) / max(1, need_in + need_out)
-    return (f"| {label} | {case_text} | {traffic.grid_steps} | {traffic.dmas} | {traffic.block_copies} | "
+    steps = f"{traffic.pipeline_steps:,}" if traffic.pipeline_grid else "-"
+    return (f"| {label} | {case_text} | {traffic.grid_steps} | {steps} | {traffic.dmas} | {traffic.block_copies} | "
             f"{traffic.hbm_to_vmem:,} | {need_in:,} | {traffic.vmem_to_hbm:,} | {need_out:,} | {ratio:.2f}x |")
 
 
@@ -196,9 +210,9 @@ def main() -> None:
     print("Inputs: the first case `codegen verify` runs for each spec, at the default block sizes; "
           "DMAs execute eagerly. 'minimum' is every needed input byte read once and every output byte "
           "written once (scalar-prefetched tables, offsets and lengths excluded).\n")
-    print("| kernel | case | grid steps | kernel DMAs | pipeline block copies | HBM->VMEM bytes | minimum | "
-          "VMEM->HBM bytes | minimum | total / minimum |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | case | grid steps | emit_pipeline steps | kernel DMAs | pipeline block copies | "
+          "HBM->VMEM bytes | minimum | VMEM->HBM bytes | minimum | total / minimum |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     long_sequence = {}
     for name in names:
         plan, case, inputs, traffic = measure(name)

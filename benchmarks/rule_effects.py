@@ -91,6 +91,14 @@ PAIRS = [
     # is what holds it whole (on) or walks it in three passes (off).
     Pair("keep_whole", "softmax", SHAPES["softmax"], "n tiled (block_n=512)",
          edit=("n: {max: 4096}", "n: {block: 512, max: 4096}")),
+    # real_tiles_only sizes the pipeline by the real tiles the shapes allow. At full segments
+    # (compiler_estimates SHAPES) the grid is the same size on and off, so the row shows what
+    # the map lookups cost; with max_group_size at every row (what a caller who does not know
+    # the groups passes, and all that megablox gmm asks for) the static grid shrinks.
+    Pair("real_tiles_only", "grouped_gemm", SHAPES["grouped_gemm"]),
+    Pair("real_tiles_only", "grouped_gemm", SHAPES["grouped_gemm"] | {"t": 4096, "max_group_size": 4096},
+         "t=4096, max_group_size=4096 (the groups' sizes unknown)"),
+    Pair("real_tiles_only", "gdpa_jagged", SHAPES["gdpa_jagged"]),
 ]
 
 # Rules that no pair measures, and why.

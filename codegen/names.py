@@ -24,6 +24,8 @@ FIXED = (
 # Names generated for each axis, each tensor or accumulator, and each computed value.
 PER_AXIS = (
     "block_{}", "{}_start", "{}_index", "{}_size", "num_{}_tiles", "num_{}_blocks", "next_{}", "advance_{}", "{}_at",
+    "{}_index_held", "{}_visit", "num_{}_visits", "{}_visit_segment", "{}_visit_tile",
+    "{}_visit_segment_ref", "{}_visit_tile_ref",
 )
 PER_TENSOR = ("{}_ref", "{}_out_ref", "{}_hbm_ref", "{}_out_hbm_ref", "{}_buffer", "{}_sems", "{}_index_map")
 PER_VALUE = ("{}_t", "{}_masked")

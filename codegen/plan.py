@@ -94,6 +94,8 @@ class Plan:
     mask_skip: object | None = None  # a codegen.masks.SkipPlan when the mask_skip rule fired
     # Whether tiles past a segment's end hold the ordered axis at its last block (idle_tiles_hold).
     holds_idle_tiles: bool = False
+    # (segment axis, jagged axis) whose grid axes fold into one over the real tiles (real_tiles_only).
+    visited_tiles: tuple[str, str] | None = None
     # The grid axis on whose even tiles the ordered axis is walked backwards (snake_order).
     snake_outer: str | None = None
     # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).
@@ -115,6 +117,28 @@ class Plan:
         self.inputs.append(Operand(tensor, f"{tensor}_ref", "any", alias_output=index))
 
     # -- queries
+    @property
+    def visit_maps(self) -> list[str]:
+        """The arrays real_tiles_only prefetches into SMEM: each visit's segment and its tile."""
+        if self.visited_tiles is None:
+            return []
+        axis = self.visited_tiles[1]
+        return [f"{axis}_visit_segment", f"{axis}_visit_tile"]
+
+    @property
+    def prefetched(self) -> list[str]:
+        """The scalar-prefetch arguments of the pallas_call, in order."""
+        return [t.name for t in self.ir.scalars] + self.visit_maps
+
+    @property
+    def printed_pipeline_grid(self) -> list[str]:
+        """The pipeline grid as the kernel walks it: real_tiles_only folds a segment axis and
+        its jagged axis into one, named `{jagged}_visit`."""
+        if self.visited_tiles is None:
+            return list(self.pipeline_grid)
+        segment, axis = self.visited_tiles
+        return [f"{a}_visit" if a == axis else a for a in self.pipeline_grid if a != segment]
+
     def kernel_dims(self, tensor: str) -> list[str]:
         """The dims of `tensor` as the kernel's array has them: "1" for an inserted unit dim."""
         dims = list(self.ir.tensors[tensor].dims)

@@ -7,6 +7,7 @@ output; everything else is fixed text chosen here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from codegen import ir, masks
@@ -58,8 +59,11 @@ class IndexMaps:
     """Index maps as named functions, each distinct one emitted once and shared by the
     operands whose blocks move the same way (flash_attention's `kv_index_map`)."""
 
-    def __init__(self, params: list[str]):
+    def __init__(self, params: list[str], prelude: dict[str, str] | None = None):
         self.params = params
+        # name -> the line binding it, for names the returned tuples may use that are not
+        # parameters (real_tiles_only's segment and tile of a visit): emitted where used.
+        self.prelude = prelude or {}
         self.maps: dict[str, list[str]] = {}  # returned tuple -> tensors using it
         self.helpers: set[str] = set()  # module helpers the maps call
 
@@ -76,7 +80,9 @@ class IndexMaps:
     def lines(self) -> list[str]:
         out = []
         for returned in self.maps:
-            out += [f"def {self.name(returned)}({', '.join(self.params)}):", f"    return {returned}", ""]
+            out.append(f"def {self.name(returned)}({', '.join(self.params)}):")
+            out += [f"    {line}" for name, line in self.prelude.items() if re.search(rf"\b{name}\b", returned)]
+            out += [f"    return {returned}", ""]
         return out
 
 

@@ -232,6 +232,7 @@ class Entry:
         return out
 
     uses_tile_padded = False
+    uses_visited_tiles = False  # real_tiles_only's maps are built by a module helper
 
     def accumulator_scratch(self) -> list[tuple[str, str]]:
         """Scratch entries of the accumulators, each with the kernel ref it becomes."""
@@ -251,7 +252,7 @@ class Entry:
             self.lines += [f"    {c}" for c in checks]
         self.block_sizes()
         p.unit.entry_prelude(self)
-        args = [t.name for t in k.scalars] + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
+        args = p.prefetched + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:
             if op.tensor not in args:  # an output passed in as well (output_only off)
                 t = k.tensors[op.tensor]
@@ -429,7 +430,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         docstring=docstring(module_doc),
         imports=imports,
         constants=constants,
-        helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()),
+        helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()) | ({"visited_tiles"} if entry.uses_visited_tiles else set()),
         activations=[a for a in ir.ACTIVATIONS if a in uses],
         pipeline=plan.needs_tpu_facts,
         # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.

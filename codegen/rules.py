@@ -32,8 +32,13 @@ class Rule:
     # Whether a spec that does not name the rule gets it. Off where the compiler's estimate
     # measured it slower than without (see benchmarks/rule_effects_results.md).
     on_by_default: bool = True
-    # Whether `codegen tune` may try the rule off: not where off is a correctness bug.
-    tune_may_switch_off: bool = True
+    # Why `codegen tune` never tries the rule off, where it must not: off is a correctness
+    # bug, or the estimate it scores by cannot see what the rule saves. Empty: it may.
+    tune_keeps_on: str = ""
+
+    def kept_on_by_tune(self, plan: "Plan") -> str:
+        """Why tuning must not try the rule off for this plan ("": it may)."""
+        return self.tune_keeps_on
 
     def apply(self, plan: "Plan", enabled: bool) -> list[Decision]:
         raise NotImplementedError
@@ -149,6 +154,10 @@ class PagedPrefetch(Rule):
     name = "paged_prefetch"
     seed = "seed 003 (hw-native-sys #704)"
     summary = "the next block of pages is DMA'd into the other VMEM slot before the current block is computed on"
+    tune_keeps_on = (
+        "it overlaps page DMAs with compute in a loop that runs to each sequence's length, which the "
+        "compiler's estimate prices at a fixed guess of its trips: the estimate cannot see the overlap"
+    )
 
     def apply(self, plan, enabled):
         paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
@@ -170,7 +179,7 @@ class SlotSemaphores(Rule):
     name = "slot_semaphores"
     seed = "seed 003's follow-up race fix"
     summary = "each VMEM slot of a paged operand has its own DMA semaphore"
-    tune_may_switch_off = False  # off is the race the rule exists to prevent
+    tune_keeps_on = "off is the race the rule exists to prevent"
 
     def apply(self, plan, enabled):
         paged = [op.tensor for op in plan.inputs if op.memory == "paged"]
@@ -199,6 +208,15 @@ class MaskSkip(Rule):
         "and its blocks are not fetched (index maps clamp to the live blocks, or a loop stops at the last)"
     )
     shapes = "block_spec"
+
+    def kept_on_by_tune(self, plan):
+        ordered = plan.ir.ordered_axis
+        if ordered and plan.axes[ordered].mode == "paged":
+            return (
+                "the loop it ends early runs to each sequence's length, which the compiler's estimate "
+                "prices at a fixed guess of its trips: the estimate cannot see the blocks it skips"
+            )
+        return ""
 
     def apply(self, plan, enabled):
         from codegen import masks
@@ -414,11 +432,16 @@ class IdleTilesHold(Rule):
     name = "idle_tiles_hold"
     seed = "megablox gmm, whose grid visits a group's real tiles only"
     summary = (
-        "a tile past its segment's end (the static grid launches cdiv(max, block) per segment) "
+        "a tile past its segment's end (the static grid launches cdiv(max, block) per segment, "
+        "or real_tiles_only's visits past the last real tile) "
         "holds the ordered axis at its last block, where the tile before it ended, so it "
         "fetches nothing: over-launched tiles never re-read what the ordered axis walks"
     )
     shapes = "block_spec"
+    tune_keeps_on = (
+        "the fetches it saves are on tiles past a segment's end, which only the offsets, read at run "
+        "time, tell apart: the compiler's estimate sees its index arithmetic and not what it saves"
+    )
 
     def apply(self, plan, enabled):
         k, ordered = plan.ir, plan.ir.ordered_axis
@@ -443,4 +466,50 @@ class IdleTilesHold(Rule):
 
 
 RULES = (*RULES, IdleTilesHold())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class RealTilesOnly(Rule):
+    name = "real_tiles_only"
+    seed = "megablox gmm, whose grid walks a tile -> group map that it scalar-prefetches"
+    summary = (
+        "the segments and the tiles of a jagged parallel axis fold into one pipeline axis over "
+        "the segments' real tiles, each visit's segment and tile read from a scalar-prefetched "
+        "map, so no grid step is launched past a segment's end or for an empty segment"
+    )
+    shapes = "grid"
+    tune_keeps_on = (
+        "the compiler's estimate prices the pipeline's loop at a fixed guess of its trips, so it "
+        "sees the map lookups each step costs and never the steps the rule saves"
+    )
+
+    def apply(self, plan, enabled):
+        k = plan.ir
+        jagged = [a for a in plan.pipeline_grid if plan.axes[a].mode == "jagged" and a != k.ordered_axis]
+        if not plan.unit.launches_idle_tiles or not jagged:
+            return [Decision(self.name, "-", False, "no jagged parallel axis in a pipeline grid")]
+        if len(jagged) > 1:
+            return [Decision(self.name, ", ".join(jagged), False, "several jagged parallel axes: one map cannot visit them all")]
+        axis = jagged[0]
+        segment = k.axes[axis].jagged.segment
+        if not plan.unit.visits_real_tiles or segment not in plan.pipeline_grid:
+            return [Decision(self.name, axis, False, f"the {plan.lowering} lowering puts the segments of '{axis}' on the pallas_call grid, one pipeline each")]
+        per_segment = [t.name for t in k.outputs if segment in t.dims and axis not in t.dims]
+        if per_segment:
+            return [Decision(
+                self.name, axis, False,
+                f"{', '.join(per_segment)} has a value per segment, which an empty segment, never visited, would not write",
+            )]
+        if not enabled:
+            return [Decision(self.name, axis, False, f"rule off: every segment launches cdiv(max, block_{axis}) tiles of '{axis}'; those past its end do nothing")]
+        plan.visited_tiles = (segment, axis)
+        return [Decision(
+            self.name, axis, True,
+            f"'{segment}' and '{axis}' tiles fold into one axis over the real tiles, at most "
+            f"min({segment} * cdiv(max, block), ({axis} + {segment} * (block - 1)) // block); each visit's "
+            f"segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing",
+        )]
+
+
+RULES = (*RULES, RealTilesOnly())
 RULE_NAMES = tuple(r.name for r in RULES)

@@ -69,8 +69,8 @@ def rule_candidates(built: Built, rebuild: Callable[[dict[str, bool]], Built]) -
 
     A rule is tried off where it is on, and on where it is off unless the spec's own
     `rules:` turned it off; not where switching it leaves the source as it is, where it
-    would change which axes have blocks (the search's coordinates), or where off is
-    unsafe (`Rule.tune_may_switch_off`). So tuning never turns on what the spec's
+    would change which axes have blocks (the search's coordinates), or where the rule
+    says why not (`Rule.kept_on_by_tune`). So tuning never turns on what the spec's
     author turned off, nor lets a rule go where the spec has not allowed it (snake_order
     over declared accumulators).
     """
@@ -84,8 +84,8 @@ def rule_candidates(built: Built, rebuild: Callable[[dict[str, bool]], Built]) -
         variant = rebuild({rule.name: not now})
         if variant.source == built.source:
             continue
-        if now and not rule.tune_may_switch_off:
-            skipped.append(f"{rule.name}: never switched off by tuning ({rule.summary})")
+        if now and rule.kept_on_by_tune(plan):
+            skipped.append(f"{rule.name}: never switched off by tuning: {rule.kept_on_by_tune(plan)}")
             continue
         if tunable_axes(variant.plan) != tunable_axes(plan):
             skipped.append(f"{rule.name}: switching it changes which axes have blocks")

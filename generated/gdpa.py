@@ -42,6 +42,22 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
+def _visited_tiles(offsets, block, visits):
+    """The segment and the tile of each of `visits` pipeline steps over a jagged axis's real
+    tiles: each segment's tiles in order, an empty segment's none.
+
+    The steps past the last real tile stay in its segment, on tiles past the segment's end,
+    so they do no work and their blocks repeat the last real one's: nothing is fetched.
+    """
+    tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
+    ends = jnp.cumsum(tiles)
+    visit = jnp.arange(visits, dtype=jnp.int32)
+    last = jnp.maximum(ends[-1] - 1, 0)
+    segment = jnp.searchsorted(ends, jnp.minimum(visit, last), side="right")
+    segment = jnp.minimum(segment, tiles.shape[0] - 1).astype(jnp.int32)
+    return segment, (visit - (ends[segment] - tiles[segment])).astype(jnp.int32)
+
+
 def _grid_indices(step):
     """The grid indices of an emit_pipeline step: jax 0.12 passes a pltpu.PipelineStep, 0.10 a tuple."""
     return step if isinstance(step, tuple) else step.index
@@ -141,6 +157,8 @@ def _target_tpu(interpret):
 def _gdpa_kernel(
     # scalar prefetch (SMEM)
     q_offsets_ref,  # segment offsets
+    sq_visit_segment_ref,  # each visit's segment
+    sq_visit_tile_ref,  # each visit's tile
     # inputs and outputs, left in HBM: the pipeline moves their blocks
     q_hbm_ref,  # q [sq, h, d], in blocks [block_sq, h, d]
     k_hbm_ref,  # k [b, skv, h, d], in blocks [skv, h, d]
@@ -148,14 +166,15 @@ def _gdpa_kernel(
     out_hbm_ref,  # out [sq, h, d], in blocks [block_sq, h, d]
     *,
     block_sq,
-    b,
-    num_sq_tiles,
+    num_sq_visits,
     h,
     d,
     skv,
 ):
     def body(pipeline_step, q_ref, k_ref, v_ref, out_ref):
-        b_index, sq_index = _grid_indices(pipeline_step)
+        (sq_visit,) = _grid_indices(pipeline_step)
+        # real_tiles_only: 'b' and 'sq' tiles fold into one axis over the real tiles, at most min(b * cdiv(max, block), (sq + b * (block - 1)) // block); each visit's segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing
+        b_index, sq_index = sq_visit_segment_ref[sq_visit], sq_visit_tile_ref[sq_visit]
         sq_size = q_offsets_ref[b_index + 1] - q_offsets_ref[b_index]
         tile_valid = sq_index * block_sq < sq_size  # a tile past its segment's end does no work
 
@@ -179,16 +198,19 @@ def _gdpa_kernel(
 
         lax.cond(tile_valid, compute, lambda: None)
 
-    def q_out_index_map(b_index, sq_index):
+    def q_out_index_map(sq_visit):
+        b_index = sq_visit_segment_ref[sq_visit]
+        sq_index = sq_visit_tile_ref[sq_visit]
         return (_jagged_tile(q_offsets_ref, b_index, sq_index, block_sq), 0, 0)
 
-    def k_v_index_map(b_index, sq_index):
+    def k_v_index_map(sq_visit):
+        b_index = sq_visit_segment_ref[sq_visit]
         return (b_index, 0, 0, 0)
 
     # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(
         body,
-        grid=(b, num_sq_tiles),
+        grid=(num_sq_visits,),
         in_specs=[
             pl.BlockSpec((pl.BoundedSlice(block_sq), h, d), q_out_index_map),
             pl.BlockSpec((None, skv, h, d), k_v_index_map),
@@ -198,7 +220,7 @@ def _gdpa_kernel(
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
             pl.BlockSpec((pl.BoundedSlice(block_sq), h, d), q_out_index_map),
         ],
-        dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL),
+        dimension_semantics=(pltpu.PARALLEL,),
         _explicit_indices=True,
     )(q_hbm_ref, k_hbm_ref, v_hbm_ref, out_hbm_ref)
 
@@ -241,8 +263,11 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpre
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
     num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
+    # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
+    num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
+    sq_visit_segment, sq_visit_tile = _visited_tiles(q_offsets, block_sq, num_sq_visits)
     kernel = functools.partial(
-        _gdpa_kernel, block_sq=block_sq, b=b, num_sq_tiles=num_sq_tiles, h=h, d=d, skv=skv
+        _gdpa_kernel, block_sq=block_sq, num_sq_visits=num_sq_visits, h=h, d=d, skv=skv
     )
     # the work and traffic of the whole call, for XLA's scheduler
     flops = 4 * sq * skv * h * d + sq * skv * h
@@ -252,12 +277,14 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpre
     cost = pl.CostEstimate(
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
-    q_offsets, q, k, v = _forward_only("gdpa", q_offsets, q, k, v)
+    q_offsets, sq_visit_segment, sq_visit_tile, q, k, v = _forward_only(
+        "gdpa", q_offsets, sq_visit_segment, sq_visit_tile, q, k, v
+    )
     with _target_tpu(interpret):
         return pl.pallas_call(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(
-                num_scalar_prefetch=1,
+                num_scalar_prefetch=3,
                 grid=(1,),
                 in_specs=[
                     pl.BlockSpec(memory_space=pl.ANY),
@@ -270,4 +297,4 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpre
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
-        )(q_offsets, q, k, v)
+        )(q_offsets, sq_visit_segment, sq_visit_tile, q, k, v)

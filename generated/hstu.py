@@ -50,6 +50,22 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
+def _visited_tiles(offsets, block, visits):
+    """The segment and the tile of each of `visits` pipeline steps over a jagged axis's real
+    tiles: each segment's tiles in order, an empty segment's none.
+
+    The steps past the last real tile stay in its segment, on tiles past the segment's end,
+    so they do no work and their blocks repeat the last real one's: nothing is fetched.
+    """
+    tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
+    ends = jnp.cumsum(tiles)
+    visit = jnp.arange(visits, dtype=jnp.int32)
+    last = jnp.maximum(ends[-1] - 1, 0)
+    segment = jnp.searchsorted(ends, jnp.minimum(visit, last), side="right")
+    segment = jnp.minimum(segment, tiles.shape[0] - 1).astype(jnp.int32)
+    return segment, (visit - (ends[segment] - tiles[segment])).astype(jnp.int32)
+
+
 def _grid_indices(step):
     """The grid indices of an emit_pipeline step: jax 0.12 passes a pltpu.PipelineStep, 0.10 a tuple."""
     return step if isinstance(step, tuple) else step.index
@@ -149,6 +165,8 @@ def _target_tpu(interpret):
 def _hstu_kernel(
     # scalar prefetch (SMEM)
     seq_offsets_ref,  # segment offsets
+    sq_visit_segment_ref,  # each visit's segment
+    sq_visit_tile_ref,  # each visit's tile
     # inputs and outputs, left in HBM: the pipeline moves their blocks
     q_hbm_ref,  # q [sq, h, d], in blocks [block_sq, h, d]
     k_hbm_ref,  # k [skv, h, d], in blocks [block_skv, h, d]
@@ -161,13 +179,14 @@ def _hstu_kernel(
     block_skv,
     max_seq_len,
     num_skv_tiles,
-    b,
-    num_sq_tiles,
+    num_sq_visits,
     h,
     d,
 ):
     def body(pipeline_step, q_ref, k_ref, v_ref, out_ref):
-        b_index, sq_index, skv_index = _grid_indices(pipeline_step)
+        sq_visit, skv_index = _grid_indices(pipeline_step)
+        # real_tiles_only: 'b' and 'sq' tiles fold into one axis over the real tiles, at most min(b * cdiv(max, block), (sq + b * (block - 1)) // block); each visit's segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing
+        b_index, sq_index = sq_visit_segment_ref[sq_visit], sq_visit_tile_ref[sq_visit]
         sq_size = seq_offsets_ref[b_index + 1] - seq_offsets_ref[b_index]
         tile_valid = sq_index * block_sq < sq_size  # a tile past its segment's end does no work
 
@@ -223,10 +242,14 @@ def _hstu_kernel(
             num_skv_tiles - 1,
         )
 
-    def q_out_index_map(b_index, sq_index, skv_index):
+    def q_out_index_map(sq_visit, skv_index):
+        b_index = sq_visit_segment_ref[sq_visit]
+        sq_index = sq_visit_tile_ref[sq_visit]
         return (_jagged_tile(seq_offsets_ref, b_index, sq_index, block_sq), 0, 0)
 
-    def k_v_index_map(b_index, sq_index, skv_index):
+    def k_v_index_map(sq_visit, skv_index):
+        b_index = sq_visit_segment_ref[sq_visit]
+        sq_index = sq_visit_tile_ref[sq_visit]
         return (
             _jagged_tile(
                 seq_offsets_ref,
@@ -247,7 +270,7 @@ def _hstu_kernel(
     # outer_pipeline (the default): segments and tiles folded into one emit_pipeline, so the next block's DMA overlaps the current one across segment boundaries (seed 004: 6.68 -> 2.53 ms)
     pltpu.emit_pipeline(
         body,
-        grid=(b, num_sq_tiles, num_skv_tiles),
+        grid=(num_sq_visits, num_skv_tiles),
         in_specs=[
             # invariant_load: 'q' [sq, h, d] shares no axis with the 'skv' loop: one resident buffer, read in-loop, no prefetch across 'skv' steps
             pl.BlockSpec(
@@ -262,7 +285,7 @@ def _hstu_kernel(
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
             pl.BlockSpec((pl.BoundedSlice(block_sq), h, d), q_out_index_map),
         ],
-        dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL, pltpu.ARBITRARY),
+        dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY),
         _explicit_indices=True,
     )(q_hbm_ref, k_hbm_ref, v_hbm_ref, out_hbm_ref)
 
@@ -315,14 +338,16 @@ def hstu(
         v = jnp.zeros((1, h, d), jnp.bfloat16)
     num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
     num_skv_tiles = pl.cdiv(max_seq_len, block_skv)
+    # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
+    num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
+    sq_visit_segment, sq_visit_tile = _visited_tiles(seq_offsets, block_sq, num_sq_visits)
     kernel = functools.partial(
         _hstu_kernel,
         block_sq=block_sq,
         block_skv=block_skv,
         max_seq_len=max_seq_len,
         num_skv_tiles=num_skv_tiles,
-        b=b,
-        num_sq_tiles=num_sq_tiles,
+        num_sq_visits=num_sq_visits,
         h=h,
         d=d,
     )
@@ -334,12 +359,14 @@ def hstu(
     cost = pl.CostEstimate(
         flops=flops, transcendentals=transcendentals, bytes_accessed=bytes_accessed
     )
-    seq_offsets, q, k, v = _forward_only("hstu", seq_offsets, q, k, v)
+    seq_offsets, sq_visit_segment, sq_visit_tile, q, k, v = _forward_only(
+        "hstu", seq_offsets, sq_visit_segment, sq_visit_tile, q, k, v
+    )
     with _target_tpu(interpret):
         return pl.pallas_call(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(
-                num_scalar_prefetch=1,
+                num_scalar_prefetch=3,
                 grid=(1,),
                 in_specs=[
                     pl.BlockSpec(memory_space=pl.ANY),
@@ -355,4 +382,4 @@ def hstu(
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
-        )(seq_offsets, q, k, v)
+        )(seq_offsets, sq_visit_segment, sq_visit_tile, q, k, v)

@@ -131,3 +131,52 @@ def test_tiles_past_a_groups_end_fetch_nothing(tmp_path, variant):
         moved[name, max_size] = traffic.hbm_to_vmem
     assert moved["on", 3 * BLOCK_T] == moved["on", 6 * BLOCK_T]
     assert moved["off", 3 * BLOCK_T] > moved["on", 3 * BLOCK_T]
+
+
+def real_tiles(sizes, block):
+    return [(g, i) for g, size in enumerate(sizes) for i in range(-(-size // block))]
+
+
+@pytest.mark.parametrize("sizes", [[3 * BLOCK_T, 1, 0, BLOCK_T + 1], [0, 0, 5], [0, BLOCK_T, 0], [BLOCK_T] * 4, [7]])
+def test_visits_are_each_groups_real_tiles_in_order(sizes):
+    """real_tiles_only's maps: every real tile once, group by group, empty groups skipped;
+    the visits after them stay in the last real tile's group, past its end (they do nothing)."""
+    mod = checked_in_module("grouped_gemm")
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    g, total = len(sizes), int(offsets[-1])
+    visits = min(g * -(-max(sizes) // BLOCK_T), (total + g * (BLOCK_T - 1)) // BLOCK_T)
+    segment, tile = (np.asarray(a) for a in mod._visited_tiles(jnp.asarray(offsets), BLOCK_T, visits))
+    real = real_tiles(sizes, BLOCK_T)
+    assert len(real) <= visits == len(segment) == len(tile)
+    assert list(zip(segment.tolist(), tile.tolist()))[: len(real)] == real
+    for s, i in zip(segment[len(real):], tile[len(real):]):
+        assert s == real[-1][0] and i * BLOCK_T >= sizes[s]
+
+
+def test_the_pipeline_steps_over_real_tiles_only(tmp_path):
+    """real_tiles_only: a group's tiles past its end and an empty group launch no pipeline
+    step, however large max_group_size; off, every group launches cdiv(max, block) tiles."""
+    import sys
+
+    from conftest import ROOT, with_rule
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dma_traffic import counting_traffic, interpret_params
+
+    sizes = [3 * BLOCK_T, 1, 0, BLOCK_T + 1]
+    lhs, rhs, offsets = inputs(sizes)
+    on = checked_in_module("grouped_gemm")
+    off = load_module(build_text(tmp_path, with_rule(SPEC, "real_tiles_only", "off")).source, "grouped_gemm")
+    traffic = {}
+    for name, mod in (("on", on), ("off", off)):
+        with counting_traffic() as traffic[name]:
+            got = mod.grouped_gemm(lhs, rhs, jnp.asarray(offsets), max_group_size=6 * BLOCK_T, block_t=BLOCK_T,
+                                   interpret=interpret_params(traffic[name]))
+        np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)
+    n_tiles, k_tiles = -(-N // 128), -(-K // 128)
+    # 6 real row tiles, and one visit over (each group adds at most one partial tile)
+    assert traffic["on"].pipeline_grid == (n_tiles, len(real_tiles(sizes, BLOCK_T)) + 1, k_tiles)
+    assert traffic["off"].pipeline_grid == (len(sizes), n_tiles, 6, k_tiles)
+    # idle_tiles_hold keeps a launched idle tile from walking K, but the empty group's tile
+    # still moves onto that group's rhs block: never visited, it fetches nothing
+    assert traffic["on"].hbm_to_vmem < traffic["off"].hbm_to_vmem

@@ -105,7 +105,8 @@ def test_gdpa_plan():
     assert plan.reuse("k") == "fetched once per b, reused across sq steps"
     report = format_plan(plan)
     assert "fetched once per b, reused across sq steps" in report
-    assert "emit_pipeline grid: (b, cdiv(max_seq_len, block_sq)), semantics (parallel, parallel)" in report
+    # real_tiles_only folds the segments and their q tiles into one axis over the real tiles
+    assert "emit_pipeline grid: (real tiles of (b, cdiv(max_seq_len, block_sq))), semantics (parallel)" in report
 
 
 def test_gdpa_jagged_plan_orders_kv_and_keeps_its_accumulator_in_scratch():
@@ -122,7 +123,7 @@ def test_lowering_switch(tmp_path):
     assert (outer.plan.grid, outer.plan.pipeline_grid) == ([], ["b", "sq"])
     assert (grid.plan.grid, grid.plan.pipeline_grid) == (["b"], ["sq"])
     assert "b_index = pl.program_id(0)" in grid.source and "grid=(b,)," in grid.source
-    assert "grid=(b, num_sq_tiles)" in outer.source and "pl.program_id" not in outer.source
+    assert "grid=(num_sq_visits,)" in outer.source and "pl.program_id" not in outer.source
     assert "the default" in outer.plan.lowering_reason and "from the spec" in grid.plan.lowering_reason
 
 

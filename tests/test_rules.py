@@ -17,7 +17,7 @@ def with_rule(name, rule, state):
 def test_every_rule_is_covered_here():
     assert {r.name for r in RULES} == {
         "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
-        "keep_whole", "snake_order", "last_block_mask", "idle_tiles_hold",
+        "keep_whole", "snake_order", "last_block_mask", "idle_tiles_hold", "real_tiles_only",
     }
 
 
@@ -158,3 +158,45 @@ def test_idle_tiles_hold_on_and_off(tmp_path):
     # nothing to hold where no tile is launched past a segment's end
     dense = build_text(tmp_path, with_rule("bmm", "idle_tiles_hold", "on"))
     assert "no tile is launched past its segment's end" in format_plan(dense.plan)
+
+
+def test_real_tiles_only_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("grouped_gemm", "real_tiles_only", "on"))
+    off = build_text(tmp_path, with_rule("grouped_gemm", "real_tiles_only", "off"))
+    assert on.plan.visited_tiles == ("g", "t") and off.plan.visited_tiles is None
+    assert "grid=(num_n_tiles, num_t_visits, num_k_tiles)," in on.source
+    assert "g_index, t_index = t_visit_segment_ref[t_visit], t_visit_tile_ref[t_visit]" in on.source
+    assert "num_scalar_prefetch=3," in on.source
+    assert "grid=(g, num_n_tiles, num_t_tiles, num_k_tiles)," in off.source
+    assert "_visited_tiles" not in off.source and "num_scalar_prefetch=1," in off.source
+    assert "rule off: every segment launches cdiv(max, block_t) tiles of 't'" in format_plan(off.plan)
+    # Where it cannot apply, it says why.
+    per_segment = build_text(tmp_path, with_rule("segment_sum", "real_tiles_only", "on"))
+    assert "no jagged parallel axis in a pipeline grid" in format_plan(per_segment.plan)
+    grid = build_text(tmp_path, with_rule("grouped_gemm", "real_tiles_only", "on") + "lowering: grid\n")
+    assert "puts the segments of 't' on the pallas_call grid" in format_plan(grid.plan)
+    assert grid.plan.visited_tiles is None
+
+
+def test_real_tiles_only_keeps_every_segment_of_a_per_segment_output(tmp_path):
+    text = """name: scaled_rows
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
+  d: {max: 128}
+tensors:
+  x: {dims: [t, d], dtype: float32}
+  w: {dims: [b, d], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  y: {dims: [t, d], dtype: float32}
+  z: {dims: [b, d], dtype: float32}
+compute:
+  y: x * w
+  z: w * 2.0
+"""
+    built = build_text(tmp_path, text)
+    assert built.plan.visited_tiles is None
+    assert "z has a value per segment, which an empty segment, never visited, would not write" in format_plan(built.plan)
+    assert built.plan.visited_tiles is None
+    without_z = text.replace("  z: {dims: [b, d], dtype: float32}\n", "").replace("  z: w * 2.0\n", "")
+    assert build_text(tmp_path, without_z).plan.visited_tiles == ("b", "t")

@@ -278,8 +278,20 @@ def test_tune_tries_the_rules_that_change_the_kernel_and_respects_the_authors_sw
     assert "snake_order" not in tried(attention.replace("rules: {snake_order: on}\n", ""))[0]
     # off is a race for slot_semaphores: never tried
     variants, skipped = tried((SPECS / "paged_attention.yaml").read_text())
-    assert "slot_semaphores" not in variants and "paged_prefetch" in variants
+    assert "slot_semaphores" not in variants
     assert any(line.startswith("slot_semaphores: never switched off") for line in skipped)
+    # nor rules whose worth lies where the estimate guesses: in loops that run to lengths and
+    # offsets read at run time; the rest are still tried
+    assert "paged_prefetch" not in variants and "output_only" in variants
+    assert any(line.startswith("paged_prefetch: never switched off by tuning: it overlaps") for line in skipped)
+    variants, skipped = tried((SPECS / "ragged_paged_attention.yaml").read_text())
+    assert "mask_skip" not in variants and "paged_prefetch" not in variants
+    assert any(line.startswith("mask_skip: never switched off by tuning: the loop it ends early") for line in skipped)
+    variants, skipped = tried((SPECS / "grouped_gemm.yaml").read_text())
+    assert "real_tiles_only" not in variants and "idle_tiles_hold" not in variants and "output_only" in variants
+    assert any(line.startswith("real_tiles_only: never switched off by tuning: the compiler's estimate") for line in skipped)
+    # mask_skip over a grid axis is what the estimate sees: tried
+    assert "mask_skip" in tried((SPECS / "causal_attention.yaml").read_text())[0]
     # keep_whole off walks n in passes, a new blocked axis: not one of the search's coordinates
     in_tiles = (Path(__file__).parent / "specs" / "softmax_in_passes.yaml").read_text()
     variants, skipped = tried(in_tiles.replace("rules: {keep_whole: off}\n", ""))

@@ -30,6 +30,9 @@ class Lowering:
     # Its grid is static, so it launches cdiv(max, block) tiles of a jagged axis per segment,
     # and the index maps of those past the segment's end can hold their blocks still.
     launches_idle_tiles: bool = False
+    # Its pipeline grid holds a jagged axis's segments, so the two can fold into one axis over
+    # the real tiles (the real_tiles_only rule).
+    visits_real_tiles: bool = False
 
     # -- planning
     def applies(self, k: "ir.KernelIR", axes: dict[str, "AxisPlan"]) -> bool:
@@ -87,7 +90,7 @@ def call_tail(entry: "Entry", semantics: list[str]) -> list[str]:
     p = entry.plan
     lines = []
     if p.aliases:
-        offset = len(p.ir.scalars)
+        offset = len(p.prefetched)
         aliases = ", ".join(f"{i + offset}: {o}" for i, o in p.aliases.items())
         lines += [
             "    # jax 0.10's TPU interpret mode returns an aliased output at its block-padded",

@@ -89,9 +89,14 @@ class _Pipeline(Lowering):
         p = KernelPrinter(plan)
         lines = [f"{a}_index = pl.program_id({plan.grid.index(a)})" for a in plan.grid]
         body = []
-        names = [grid_parameter(plan, a) for a in plan.pipeline_grid]
+        logical = [grid_parameter(plan, a) for a in plan.pipeline_grid]
+        names = [grid_parameter(plan, a) if a in plan.axes else a for a in plan.printed_pipeline_grid]
         body.append(f"{', '.join(names)}{',' if len(names) == 1 else ''} = _grid_indices(pipeline_step)")
         p.uses.add("grid_indices")
+        visit = _visit_lines(plan)
+        if visit:
+            loads = ", ".join(line.split(" = ")[1] for line in visit.values())
+            body += [f"# {w}" for w in plan.why(plan.visited_tiles[1], "grid")] + [f"{', '.join(visit)} = {loads}"]
 
         # Tiles past a segment's end are launched (the grid is static) but skip their work.
         parallel_checks, idle_checks = [], []
@@ -156,21 +161,25 @@ class _Pipeline(Lowering):
         refs = [op.ref for op in piped] + [op.ref for op in plan.outputs]
         lines += [f"def body(pipeline_step, {', '.join(refs)}):"] + indent(body) + [""]
         grid = []
-        for a in plan.pipeline_grid:
+        for a in plan.printed_pipeline_grid:
+            if a not in plan.axes:  # real_tiles_only's axis over the real tiles
+                grid.append(p.need(f"num_{a}s"))
+                continue
             grid.append(p.need(tile_count(a)) if plan.axes[a].blocked else p.need(a))
             if a == ordered and k.passes > 1:  # walked once per pass
                 grid[-1] = f"{k.passes} * {grid[-1]}"
+        for a in plan.pipeline_grid:
             if plan.axes[a].blocked:
                 p.need(f"block_{a}")
         for op in plan.inputs + plan.outputs:
             for d in k.tensors[op.tensor].dims:
                 if plan.axes[d].mode in ("full", "tiled"):
                     p.need(d)
-        maps = IndexMaps([grid_parameter(plan, a) for a in plan.pipeline_grid])
+        maps = IndexMaps(names, visit)
         clamp = masked_tile_clamp(plan, p)
         held_lines = []
         if plan.holds_idle_tiles:  # an idle tile stays on the block the real tile before it ended on
-            params = ", ".join(maps.params)
+            params = ", ".join(logical)
             held_lines = [f"def {ordered}_index_held({params}):"] + indent(
                 [f"# {w}" for w in plan.why(ordered, "block_spec")]
                 + [f"return jnp.where({' & '.join(idle_checks)}, {ordered}_index, {p.need(tile_count(ordered))} - 1)"]
@@ -181,7 +190,8 @@ class _Pipeline(Lowering):
         in_specs = [block_spec(plan, op, maps, clamp, tiles) for op in piped]
         out_specs = [block_spec(plan, op, maps, tiles=tiles) for op in plan.outputs]
         semantics = ", ".join(
-            "pltpu.PARALLEL" if plan.axes[a].semantics == "parallel" else "pltpu.ARBITRARY" for a in plan.pipeline_grid
+            "pltpu.ARBITRARY" if a in plan.axes and plan.axes[a].semantics != "parallel" else "pltpu.PARALLEL"
+            for a in plan.printed_pipeline_grid
         )
         hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped + plan.outputs]
         lines += held_lines + maps.lines()
@@ -194,13 +204,17 @@ class _Pipeline(Lowering):
         lines += spec_lines("in_specs", in_specs, "    ")
         lines += spec_lines("out_specs", out_specs, "    ")
         lines += [
-            f"    dimension_semantics=({semantics}{',' if len(plan.pipeline_grid) == 1 else ''}),",
+            f"    dimension_semantics=({semantics}{',' if len(plan.printed_pipeline_grid) == 1 else ''}),",
             "    _explicit_indices=True,",
             f")({', '.join(hbm)})",
         ]
         p.uses |= maps.helpers
         groups = [
-            RefGroup("scalar prefetch (SMEM)", [(f"{t.name}_ref", "segment offsets") for t in k.scalars]),
+            RefGroup(
+                "scalar prefetch (SMEM)",
+                [(f"{t.name}_ref", "segment offsets") for t in k.scalars]
+                + [(f"{m}_ref", f"each visit's {m.rsplit('_', 1)[1]}") for m in plan.visit_maps],
+            ),
             RefGroup(
                 "inputs and outputs, left in HBM: the pipeline moves their blocks",
                 [(op.ref.removesuffix("_ref") + "_hbm_ref", p.hbm_comment(op)) for op in plan.inputs + plan.outputs],
@@ -214,15 +228,28 @@ class _Pipeline(Lowering):
         empty_totals(entry)
         for a in entry.blocked_axes():
             entry.lines.append(f"num_{a}_tiles = pl.cdiv({entry.block_bound(a)}, block_{a})")
+        p = entry.plan
+        if p.visited_tiles:
+            segment, axis = p.visited_tiles
+            offsets = p.ir.axes[axis].jagged.offsets
+            bound = f"{segment} * {tile_count(axis)}"
+            if any(axis in t.dims for t in p.ir.inputs):  # the total is known: each segment adds at most one partial tile
+                bound = f"min({bound}, ({axis} + {segment} * (block_{axis} - 1)) // block_{axis})"
+            entry.lines += [
+                f"# real_tiles_only: the pipeline visits the real '{axis}' tiles of every segment, and no others",
+                f"num_{axis}_visits = {bound}",
+                f"{', '.join(p.visit_maps)} = _visited_tiles({offsets}, block_{axis}, num_{axis}_visits)",
+            ]
+            entry.uses_visited_tiles = True
 
     def pallas_call(self, entry, kernel_name):
-        p, k = entry.plan, entry.plan.ir
+        p = entry.plan
         hbm = "pl.BlockSpec(memory_space=pl.ANY)"
         lines = [
             "return pl.pallas_call(",
             f"    {kernel_name},",
             "    grid_spec=pltpu.PrefetchScalarGridSpec(",
-            f"        num_scalar_prefetch={len(k.scalars)},",
+            f"        num_scalar_prefetch={len(p.prefetched)},",
             f"        grid={tuple_text(list(p.grid)) if p.grid else '(1,)'},",
             f"        in_specs=[{', '.join(hbm for _ in p.inputs)}],",
             f"        out_specs={one_or_list([hbm for _ in p.outputs])},",
@@ -234,10 +261,11 @@ class _Pipeline(Lowering):
 
     def report(self, plan):
         k = plan.ir
-        semantics = ", ".join(plan.axes[a].semantics for a in plan.pipeline_grid)
+        grid = plan.printed_pipeline_grid
+        semantics = ", ".join(plan.axes[a].semantics if a in plan.axes else "parallel" for a in grid)
         out = [
-            f"emit_pipeline grid: ({', '.join(_extent(plan, a) for a in plan.pipeline_grid)}), semantics ({semantics})",
-            f"scalar prefetch (SMEM): {', '.join(t.name for t in k.scalars)}; every tensor stays in HBM (pl.ANY) "
+            f"emit_pipeline grid: ({', '.join(_extent(plan, a) for a in grid)}), semantics ({semantics})",
+            f"scalar prefetch (SMEM): {', '.join(plan.prefetched)}; every tensor stays in HBM (pl.ANY) "
             "and the pipeline moves its blocks",
         ]
         if k.passes > 1:
@@ -259,7 +287,19 @@ class _Pipeline(Lowering):
         return out
 
 
+def _visit_lines(plan) -> dict[str, str]:
+    """real_tiles_only: the segment and tile indices a visit stands for -> the line reading each."""
+    if plan.visited_tiles is None:
+        return {}
+    segment, axis = plan.visited_tiles
+    names = (f"{segment}_index", f"{axis}_index")
+    return {name: f"{name} = {m}_ref[{axis}_visit]" for name, m in zip(names, plan.visit_maps)}
+
+
 def _extent(plan, a: str) -> str:
+    if a not in plan.axes:  # real_tiles_only's visits
+        segment, axis = plan.visited_tiles
+        return f"real tiles of ({segment}, cdiv({plan.ir.axes[axis].jagged.max}, block_{axis}))"
     ap = plan.axes[a]
     if ap.mode == "jagged":
         return f"cdiv({plan.ir.axes[a].jagged.max}, block_{a})"
@@ -268,6 +308,7 @@ def _extent(plan, a: str) -> str:
 
 class OuterPipeline(_Pipeline):
     name = "outer_pipeline"
+    visits_real_tiles = True
 
     def reason(self, origin):
         return (

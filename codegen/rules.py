@@ -210,10 +210,9 @@ class MaskSkip(Rule):
     shapes = "block_spec"
 
     def kept_on_by_tune(self, plan):
-        ordered = plan.ir.ordered_axis
-        if ordered and plan.axes[ordered].mode == "paged":
+        if plan.unit.loop_trips_unseen_by_estimate:
             return (
-                "the loop it ends early runs to each sequence's length, which the compiler's estimate "
+                f"the {plan.lowering} lowering walks '{plan.ir.ordered_axis}' in a loop that the compiler's estimate "
                 "prices at a fixed guess of its trips: the estimate cannot see the blocks it skips"
             )
         return ""

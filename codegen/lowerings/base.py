@@ -33,6 +33,10 @@ class Lowering:
     # Its pipeline grid holds a jagged axis's segments, so the two can fold into one axis over
     # the real tiles (the real_tiles_only rule).
     visits_real_tiles: bool = False
+    # Its ordered axis is walked in a loop whose trip count the compiler's estimate guesses
+    # (emit_pipeline's, or one run to a length read at run time): the estimate cannot see
+    # what a rule saves by skipping that loop's steps, so tuning leaves such rules on.
+    loop_trips_unseen_by_estimate: bool = False
 
     # -- planning
     def applies(self, k: "ir.KernelIR", axes: dict[str, "AxisPlan"]) -> bool:

@@ -23,6 +23,7 @@ from codegen.printer import (
 
 class PagedWalk(Lowering):
     name = "paged"
+    loop_trips_unseen_by_estimate = True
     # the paged axis is an in-kernel loop: a mask bounds it at its last live block
 
     def applies(self, k, axes):

@@ -44,6 +44,7 @@ class _Pipeline(Lowering):
     clamps_tails = True
     walks_in_passes = True
     launches_idle_tiles = True
+    loop_trips_unseen_by_estimate = True
 
     def applies(self, k, axes):
         return any(a.mode == "jagged" for a in axes.values()) and not any(a.mode == "paged" for a in axes.values())

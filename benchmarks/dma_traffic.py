@@ -165,16 +165,22 @@ EXTRA_CASES = {
 
 
 def measure(name: str, pick=lambda plan: cases(plan)[0], rules: dict[str, str] | None = None):
-    """One kernel's traffic at one case; `rules` switches rules of its spec (in a copy)."""
-    path = ROOT / "specs" / f"{name}.yaml"
-    if rules:
-        import tempfile
+    """One kernel's traffic at one case, at the blocks its spec declares (a copy without its
+    `tune:` section); `rules` switches rules of that copy."""
+    import tempfile
 
-        text = path.read_text()
+    path = ROOT / "specs" / f"{name}.yaml"
+    text = path.read_text().split("\ntune:")[0] + "\n"  # the tune: section is the file's last
+    if rules:
         for rule, state in rules.items():
-            text = text.replace(f"rules: {{{rule}: on}}", f"rules: {{{rule}: {state}}}")
-        path = Path(tempfile.mkdtemp()) / f"{name}.yaml"
-        path.write_text(text)
+            if f"rules: {{{rule}: on}}" in text:
+                text = text.replace(f"rules: {{{rule}: on}}", f"rules: {{{rule}: {state}}}")
+            elif "rules:" not in text:
+                text += f"rules: {{{rule}: {state}}}\n"
+            else:
+                raise ValueError(f"{name}.yaml: switch {rule} in its own rules: mapping")
+    path = Path(tempfile.mkdtemp()) / f"{name}.yaml"
+    path.write_text(text)
     built = build_source(path)
     plan = built.plan
     case = pick(plan)
@@ -207,7 +213,9 @@ def main() -> None:
     names = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
     print("# Measured HBM<->VMEM traffic per kernel call (TPU interpret mode)\n")
     print("Command: `python benchmarks/dma_traffic.py > benchmarks/dma_traffic_results.md`\n")
-    print("Inputs: the first case `codegen verify` runs for each spec, at the default block sizes; "
+    print("Inputs: the first case `codegen verify` runs for each spec, at the block sizes the spec "
+          "declares (its `tune:` entries, chosen for the compiler's estimate at compiler_estimates' "
+          "shapes, left out); "
           "DMAs execute eagerly. 'minimum' is every needed input byte read once and every output byte "
           "written once (scalar-prefetched tables, offsets and lengths excluded).\n")
     print("| kernel | case | grid steps | emit_pipeline steps | kernel DMAs | pipeline block copies | "
@@ -235,6 +243,11 @@ def main() -> None:
           f"{full.block_copies}), and {moved(causal) / moved(forward):.3f}x those of attention with "
           f"snake_order off ({forward.block_copies} block copies); the same {causal.grid_steps} grid steps, "
           f"of which mask_skip leaves {live_tiles(2048, 128)} computing.")
+    skewed = lambda plan: grouped_gemm_cases(plan)[1]  # noqa: E731
+    _, case, _, on = measure("grouped_gemm", skewed)
+    _, _, _, off = measure("grouped_gemm", skewed, {"real_tiles_only": "off"})
+    print(f"\ngrouped_gemm, {case.name}, against the same with real_tiles_only off: {on.pipeline_steps:,} "
+          f"emit_pipeline steps against {off.pipeline_steps:,}, and {moved(on):,} bytes against {moved(off):,}.")
     print(NOTES)
 
 
@@ -247,12 +260,15 @@ def live_tiles(s: int, block: int) -> int:
 NOTES = """
 ## Where a kernel moves more than the minimum, and why
 
-- **At the minimum: exp, axpy, softmax, rmsnorm, layernorm, gdpa, jagged_softmax,
+- **At the minimum: exp, axpy, softmax, rmsnorm, layernorm, gdpa_jagged, jagged_softmax,
   segment_sum, segment_mean, and grouped_gemm with balanced groups.** Each block of each
-  tensor moves once. In gdpa, K and V follow the segment alone, so the pipeline fetches them
-  once per segment; over-launched tiles repeat the previous block and move nothing. The
-  segment sums read each input byte once. (Jagged kernels show 1 grid step: their work is
-  one emit_pipeline inside a single pallas_call step, whose copies count as kernel DMAs.)
+  tensor moves once. The segment sums read each input byte once. (Jagged kernels show 1
+  grid step: their work is one emit_pipeline inside a single pallas_call step, whose
+  steps are counted apart and whose copies count as kernel DMAs.)
+- **gdpa: under the minimum.** K and V follow the segment alone, so the pipeline fetches
+  them once per segment, and with real_tiles_only a segment with no query rows is never
+  visited, so its K and V are never read. The minimum counts every input byte, needed or
+  not.
 - **attention: K and V once per query block.** Its grid walks kv inside each (batch, head,
   q block): at S=2048 with 128-row blocks K/V are read 16 times (8.50x).
 - **causal_attention: mask_skip and snake_order** (the line under the table). A q tile
@@ -266,14 +282,17 @@ NOTES = """
 - **bmm, matmul_bias_gelu: A once per column block, B once per row block** (1.67x).
 - **gdpa_jagged, hstu: K and V once per real q tile.** A segment's kv rows are walked
   again for each of its real q tiles; hstu's causal mask (mask_skip) skips the kv tiles
-  after each q tile. The static grid also launches q tiles past each segment's end; with
-  idle_tiles_hold they hold kv at the block the real tile before them ended on and fetch
-  nothing (gdpa_jagged moved 1.78x before the rule, hstu 1.28x).
-- **grouped_gemm: rhs once per real row tile.** The grid gives every group cdiv(max, block)
-  row tiles; one past its group's rows does no work, and with idle_tiles_hold its index
-  maps stay on the last block of the real tile before it, so it moves nothing (before the
-  rule, such a tile walked K again and fetched rhs each time: 3.63x with skewed groups,
-  2.49x with mixed ones). What is left is rhs read once per real row tile of its group.
+  after each q tile. With real_tiles_only the pipeline visits only real q tiles; the few
+  visits past the last one, like the tiles past a segment's end that the grid launched
+  before that rule, hold kv at the block the real tile before them ended on and fetch
+  nothing (idle_tiles_hold; gdpa_jagged moved 1.78x before it, hstu 1.28x).
+- **grouped_gemm: rhs once per real row tile.** With real_tiles_only the pipeline visits
+  each group's real row tiles alone (the line under the table: with skewed groups, a
+  quarter of the steps of a grid that gives every group cdiv(max, block) row tiles, and no
+  step for an empty group, which moved onto its own rhs blocks before). Before
+  idle_tiles_hold a tile past its group's rows walked K again and fetched rhs each time:
+  3.63x with skewed groups, 2.49x with mixed ones. What is left is rhs read once per real
+  row tile of its group.
 - **paged_attention: whole pages.** DMAs move whole pages, so a sequence's last page is read
   in full even when only some of its rows are below the length. No page past a length is
   touched, and zero-length sequences issue no DMA: 68 DMAs = 2 (K, V) x 2 K/V heads x 17 pages.

@@ -52,10 +52,12 @@ def _visited_tiles(offsets, block, visits):
     tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
     ends = jnp.cumsum(tiles)
     visit = jnp.arange(visits, dtype=jnp.int32)
-    last = jnp.maximum(ends[-1] - 1, 0)
-    segment = jnp.searchsorted(ends, jnp.minimum(visit, last), side="right")
-    segment = jnp.minimum(segment, tiles.shape[0] - 1).astype(jnp.int32)
-    return segment, (visit - (ends[segment] - tiles[segment])).astype(jnp.int32)
+    # Compares and sums rather than a search and a gather: libtpu's profiler aborts on the
+    # gather XLA makes of those, which takes the compiler's estimate of the whole call with it.
+    passed = ends[None, :] <= jnp.minimum(visit, jnp.maximum(ends[-1] - 1, 0))[:, None]
+    segment = jnp.minimum(jnp.sum(passed, axis=1), tiles.shape[0] - 1).astype(jnp.int32)
+    first = jnp.sum(jnp.where(passed, tiles[None, :], 0), axis=1)  # the segment's first visit
+    return segment, (visit - first).astype(jnp.int32)
 
 
 def _grid_indices(step):

@@ -266,16 +266,18 @@ def main() -> int:
     parser.add_argument("--specs", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--python", default=None, help="interpreter whose jax and libtpu compile, for every chip")
     parser.add_argument("--v7x-python", default=None, help="interpreter with jax[tpu]==0.12.0, for v7x only")
-    args = parser.parse_args()
+    return measure_and_report(parser.parse_args(), Run(), measure, report)
 
+
+def measure_and_report(args, run, measure, report) -> int:
+    """Run `measure`, then print `report`; a stopped run (SIGTERM, Ctrl-C) still prints
+    the rows it measured."""
     started = time.perf_counter()
-    run = Run()
-    # A stopped run (SIGTERM, Ctrl-C) still prints the rows it measured.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         measure(args, started, run)
     except KeyboardInterrupt:
-        print("stopped: the table has the rows measured so far", file=sys.stderr)
+        print("stopped: the tables have the rows measured so far", file=sys.stderr)
     print(report(args, started, run))
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compiler_estimates import SHAPES, _fmt, profile  # noqa: E402
+from compiler_estimates import SHAPES, _fmt, measure_and_report, profile  # noqa: E402
 
 from codegen import masks  # noqa: E402
 from codegen.build import build_source  # noqa: E402
@@ -150,18 +149,7 @@ def main() -> int:
     parser.add_argument("--rules", nargs="+", default=rules, choices=rules)
     parser.add_argument("--specs", nargs="+", default=specs, choices=specs)
     parser.add_argument("--python", default=None, help="interpreter whose jax and libtpu compile, for every chip")
-    args = parser.parse_args()
-
-    started = time.perf_counter()
-    run = Run()
-    # A stopped run (SIGTERM, Ctrl-C) still prints the rows it measured.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        measure(args, started, run)
-    except KeyboardInterrupt:
-        print("stopped: the tables have the rows measured so far", file=sys.stderr)
-    print(report(args, started, run))
-    return 0
+    return measure_and_report(parser.parse_args(), Run(), measure, report)
 
 
 def build(text: str, chip: str, folder: Path, rule: str, state: str):

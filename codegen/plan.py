@@ -118,6 +118,12 @@ class Plan:
 
     # -- queries
     @property
+    def jagged_parallel_axes(self) -> list[str]:
+        """Jagged axes of the pipeline grid that are not the ordered one: a static grid
+        launches cdiv(max, block) of their tiles per segment."""
+        return [a for a in self.pipeline_grid if self.axes[a].mode == "jagged" and a != self.ir.ordered_axis]
+
+    @property
     def visit_maps(self) -> list[str]:
         """The arrays real_tiles_only prefetches into SMEM: each visit's segment and its tile."""
         if self.visited_tiles is None:

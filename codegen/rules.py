@@ -444,7 +444,7 @@ class IdleTilesHold(Rule):
 
     def apply(self, plan, enabled):
         k, ordered = plan.ir, plan.ir.ordered_axis
-        idle = [a for a in plan.pipeline_grid if plan.axes[a].mode == "jagged" and a != ordered]
+        idle = plan.jagged_parallel_axes
         if not plan.unit.launches_idle_tiles or not idle:
             return [Decision(self.name, "-", False, "no tile is launched past its segment's end")]
         if ordered is None:
@@ -484,7 +484,7 @@ class RealTilesOnly(Rule):
 
     def apply(self, plan, enabled):
         k = plan.ir
-        jagged = [a for a in plan.pipeline_grid if plan.axes[a].mode == "jagged" and a != k.ordered_axis]
+        jagged = plan.jagged_parallel_axes
         if not plan.unit.launches_idle_tiles or not jagged:
             return [Decision(self.name, "-", False, "no jagged parallel axis in a pipeline grid")]
         if len(jagged) > 1:
@@ -504,9 +504,8 @@ class RealTilesOnly(Rule):
         plan.visited_tiles = (segment, axis)
         return [Decision(
             self.name, axis, True,
-            f"'{segment}' and '{axis}' tiles fold into one axis over the real tiles, at most "
-            f"min({segment} * cdiv(max, block), ({axis} + {segment} * (block - 1)) // block); each visit's "
-            f"segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing",
+            f"'{segment}' and '{axis}' tiles fold into one axis over the real tiles; each visit's segment "
+            "and tile come from scalar-prefetched maps, and the few visits past the last real tile do nothing",
         )]
 
 

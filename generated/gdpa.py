@@ -175,7 +175,7 @@ def _gdpa_kernel(
 ):
     def body(pipeline_step, q_ref, k_ref, v_ref, out_ref):
         (sq_visit,) = _grid_indices(pipeline_step)
-        # real_tiles_only: 'b' and 'sq' tiles fold into one axis over the real tiles, at most min(b * cdiv(max, block), (sq + b * (block - 1)) // block); each visit's segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing
+        # real_tiles_only: 'b' and 'sq' tiles fold into one axis over the real tiles; each visit's segment and tile come from scalar-prefetched maps, and the few visits past the last real tile do nothing
         b_index, sq_index = sq_visit_segment_ref[sq_visit], sq_visit_tile_ref[sq_visit]
         sq_size = q_offsets_ref[b_index + 1] - q_offsets_ref[b_index]
         tile_valid = sq_index * block_sq < sq_size  # a tile past its segment's end does no work

@@ -203,7 +203,7 @@ def _grouped_gemm_kernel(
 ):
     def body(pipeline_step, lhs_ref, rhs_ref, out_ref):
         n_index, t_visit, k_index = _grid_indices(pipeline_step)
-        # real_tiles_only: 'g' and 't' tiles fold into one axis over the real tiles, at most min(g * cdiv(max, block), (t + g * (block - 1)) // block); each visit's segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing
+        # real_tiles_only: 'g' and 't' tiles fold into one axis over the real tiles; each visit's segment and tile come from scalar-prefetched maps, and the few visits past the last real tile do nothing
         g_index, t_index = t_visit_segment_ref[t_visit], t_visit_tile_ref[t_visit]
         t_size = group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]
         tile_valid = t_index * block_t < t_size  # a tile past its segment's end does no work

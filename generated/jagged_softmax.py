@@ -172,7 +172,7 @@ def _jagged_softmax_kernel(
 ):
     def body(pipeline_step, x_ref, out_ref):
         (t_visit,) = _grid_indices(pipeline_step)
-        # real_tiles_only: 'b' and 't' tiles fold into one axis over the real tiles, at most min(b * cdiv(max, block), (t + b * (block - 1)) // block); each visit's segment and tile come from scalar-prefetched maps, and the visits past the last real tile do nothing
+        # real_tiles_only: 'b' and 't' tiles fold into one axis over the real tiles; each visit's segment and tile come from scalar-prefetched maps, and the few visits past the last real tile do nothing
         b_index, t_index = t_visit_segment_ref[t_visit], t_visit_tile_ref[t_visit]
         t_size = offsets_ref[b_index + 1] - offsets_ref[b_index]
         tile_valid = t_index * block_t < t_size  # a tile past its segment's end does no work

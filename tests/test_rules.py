@@ -200,3 +200,20 @@ compute:
     assert built.plan.visited_tiles is None
     without_z = text.replace("  z: {dims: [b, d], dtype: float32}\n", "").replace("  z: w * 2.0\n", "")
     assert build_text(tmp_path, without_z).plan.visited_tiles == ("b", "t")
+
+
+@pytest.mark.parametrize("state", ["on", "off"])
+def test_real_tiles_only_runs_a_kernel_no_shipped_spec_has(tmp_path, state):
+    """A per-segment gain beside the jagged rows: the gain's block follows the segment each
+    visit reads from the map. verify's cases: tails, empty and length-1 segments, 3+ tiles."""
+    from pathlib import Path
+
+    from codegen.verify import verify_built
+
+    text = (Path(__file__).parent / "specs" / "gained_rows.yaml").read_text()
+    built = build_text(tmp_path, add_rule(text, "real_tiles_only", state))
+    assert (built.plan.visited_tiles == ("b", "t")) == (state == "on")
+    if state == "on":
+        assert "b_index = t_visit_segment_ref[t_visit]" in built.source  # the gain's index map
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)

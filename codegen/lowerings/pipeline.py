@@ -101,12 +101,11 @@ class _Pipeline(Lowering):
 
         # Tiles past a segment's end are launched (the grid is static) but skip their work.
         parallel_checks, idle_checks = [], []
-        for a in plan.pipeline_grid:
-            if plan.axes[a].mode == "jagged" and a != ordered:
-                body.append(f"{a}_size = {p.segment_extent(a)}")
-                p.outer_names.add(f"{a}_size")
-                parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
-                idle_checks.append(f"({a}_index * block_{a} < {p.segment_extent(a)})")
+        for a in plan.jagged_parallel_axes:
+            body.append(f"{a}_size = {p.segment_extent(a)}")
+            p.outer_names.add(f"{a}_size")
+            parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
+            idle_checks.append(f"({a}_index * block_{a} < {p.segment_extent(a)})")
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)
             body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")

@@ -289,12 +289,18 @@ def compile_for_chip(built: Built, chip: str, extra: list[Case] = (), log=print,
     A failure prints the compiler's own message. Raises CompilerUnavailable when
     libtpu is not installed.
     """
-    from codegen.tpu_compile import compile_kernels
+    from codegen.tpu_compile import ChildCrashed, compile_kernels
 
     kernels = [kernel_to_compile(built, case) for case in [*compile_cases(built), *extra]]
     log(f"compile {built.plan.ir.name} for {chip} with the TPU compiler (libtpu), {len(kernels)} shapes")
+    try:
+        results = compile_kernels(kernels, chip, python=python)
+    except ChildCrashed as crash:  # libtpu aborted the whole process: its message is all there is
+        log(f"  the compiler crashed: {crash}")
+        log(f"compile {built.plan.ir.name} for {chip}: FAILED")
+        return False
     ok = True
-    for result in compile_kernels(kernels, chip, python=python):
+    for result in results:
         if result.ok:
             log(f"  compiled for {chip}: {result.label}: ok in {result.seconds:.1f}s")
             continue

@@ -79,6 +79,20 @@ def test_verify_exits_1_and_prints_the_compilers_message(monkeypatch, capsys):
     assert "compile axpy for v6e: FAILED" in out
 
 
+def test_verify_reports_a_compiler_crash_without_a_traceback(monkeypatch, capsys):
+    import codegen.tpu_compile as tpu_compile
+
+    def crashing(kernels, chip, python=None, timeout=0):
+        raise tpu_compile.ChildCrashed("lower_pass_base.cc:60] Check failed: the compiler's own words")
+
+    monkeypatch.setattr(tpu_compile, "compile_kernels", crashing)
+    monkeypatch.setattr(tpu_compile, "libtpu_installed", lambda python=None: True)
+    assert main(["verify", str(SPECS / "axpy.yaml"), "--chip", "v6e"]) == 1
+    captured = capsys.readouterr()
+    assert "the compiler crashed: lower_pass_base.cc:60] Check failed: the compiler's own words" in captured.out
+    assert "compile axpy for v6e: FAILED" in captured.out and "Traceback" not in captured.out + captured.err
+
+
 def test_verify_with_a_chip_but_no_compiler_says_how_to_get_it(monkeypatch, capsys):
     import codegen.tpu_compile as tpu_compile
 

@@ -56,7 +56,10 @@ class Kernel:
     """One call to compile: a module's source, its entry point, and the arguments.
 
     `args` are (shape, dtype name) per positional argument; `kwargs` are the entry
-    point's static keywords (axis sizes, maxima, block sizes).
+    point's static keywords (axis sizes, maxima, block sizes). `donate` lists the
+    positional arguments the caller gives up, as one updating a tensor in place does:
+    without that, XLA copies an argument the kernel aliases to its output before the
+    call, and the copy's cycles would be counted as the kernel's.
     """
 
     label: str
@@ -64,6 +67,7 @@ class Kernel:
     entry: str
     args: list[tuple[tuple[int, ...], str]]
     kwargs: dict[str, int] = field(default_factory=dict)
+    donate: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -216,7 +220,8 @@ def _compile_in_this_process(job: dict, device) -> dict:
         args = [jax.ShapeDtypeStruct(tuple(shape), jax.numpy.dtype(dtype), sharding=sharding) for shape, dtype in job["args"]]
         # emit_pipeline asks the default device which TPU it is tracing for.
         with jax.default_device(device):
-            traced = jax.jit(lambda *a: fn(*a, **job["kwargs"])).trace(*args)
+            call = jax.jit(lambda *a: fn(*a, **job["kwargs"]), donate_argnums=tuple(job.get("donate", ())))
+            traced = call.trace(*args)
             compiled = traced.lower(lowering_platforms=("tpu",)).compile()
         result["ok"] = True
         result.update(_work(traced.jaxpr, compiled))

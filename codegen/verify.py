@@ -274,7 +274,9 @@ def kernel_to_compile(built: Built, case: Case, blocks: dict[str, int] | None = 
     plan = built.plan
     args = [(plan.ir.caller_shape(t, case.sizes), t.dtype) for t in plan.ir.inputs]
     kwargs = {a: case.sizes[a] for a in _keyword_axes(plan)} | case.maxima | (blocks or {})
-    return Kernel(f"{plan.ir.name} ({case.name})", built.source, plan.ir.name, args, kwargs)
+    updated_in_place = {op.tensor for op in plan.inputs if op.alias_output is not None}
+    donate = [i for i, t in enumerate(plan.ir.inputs) if t.name in updated_in_place]
+    return Kernel(f"{plan.ir.name} ({case.name})", built.source, plan.ir.name, args, kwargs, donate)
 
 
 def compile_cases(built: Built) -> list[Case]:

@@ -136,6 +136,31 @@ def test_estimate_on_v7x_gives_cycles_or_says_why_not(capsys):
     assert re.search(r"estimated cycles: [\d,]+ ", out) or "estimated cycles: unavailable: the profiler of libtpu" in out
 
 
+def test_a_tensor_updated_in_place_is_donated_and_nothing_else():
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    axpy = build_source(SPECS / "axpy.yaml")  # y = y + alpha * x, y aliased to the output
+    assert kernel_to_compile(axpy, case_from_shapes(axpy.plan, {"m": 256, "n": 256})).donate == [1]
+    # attention aliases an output it allocates itself: no argument of the caller's is given up
+    attention = build_source(SPECS / "attention.yaml")
+    assert kernel_to_compile(attention, compile_cases(attention)[0]).donate == []
+
+
+@needs_libtpu
+def test_a_donated_argument_is_not_copied_before_the_kernel():
+    from dataclasses import replace
+
+    from codegen.tpu_compile import profile_kernel
+    from codegen.verify import kernel_to_compile
+
+    built = build_source(SPECS / "axpy.yaml")
+    kernel = kernel_to_compile(built, case_from_shapes(built.plan, {"m": 1024, "n": 1024}))
+    donated, kept = profile_kernel(kernel, "v6e"), profile_kernel(replace(kernel, donate=[]), "v6e")
+    assert donated.ok and kept.ok, (donated.error, kept.error)
+    # kept, y must survive the call, so XLA copies it first and the copy costs cycles of its own
+    assert donated.estimated_cycles < kept.estimated_cycles
+
+
 def test_profile_dumps_are_read(tmp_path):
     profile, dump = tmp_path / "profile", tmp_path / "dump"
     profile.mkdir()

@@ -119,7 +119,8 @@ def format_estimate(built: Built, case: Case, chip: str, result, blocks: dict[st
     lines = [f"estimate {built.plan.ir.name} for {chip} at {shapes_text(case)}"]
     if blocks:
         lines.append("  blocks: " + ", ".join(f"{n}={v}" for n, v in blocks.items()))
-    lines.append(f"  compiler: jax {result.jax_version}, libtpu {result.libtpu_version}; compiled in {result.seconds:.1f}s")
+    if result.libtpu_version:  # a compiler that crashed said nothing of itself
+        lines.append(f"  compiler: jax {result.jax_version}, libtpu {result.libtpu_version}; compiled in {result.seconds:.1f}s")
     if not result.ok:
         lines.append("  compile FAILED:")
         lines += [f"    {line}" for line in result.error.splitlines()[:40]]

@@ -44,7 +44,9 @@ CHILD_ENVIRONMENT = {"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1", "ALLOW_M
 
 def libtpu_installed(python: str | None = None) -> bool:
     """Whether the TPU compiler is importable here (or by the interpreter `python`)."""
-    if python is None or Path(python).resolve() == Path(sys.executable).resolve():
+    # A virtual environment's python links to the same binary as the one it was made
+    # from, with other packages: only the same path is the same interpreter.
+    if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
         return importlib.util.find_spec("libtpu") is not None
     probe = subprocess.run([python, "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('libtpu') is None)"],
                            capture_output=True)
@@ -108,7 +110,8 @@ def profile_kernel(kernel: Kernel, chip: str, python: str | None = None, timeout
     """Compile one kernel with the compiler's cost dumps on, in a fresh child, and read them.
 
     If the profiler aborts the child, the kernel is compiled again without it, so the
-    result still says whether it compiles, with the abort in `profile_error`.
+    result still says whether it compiles, with the abort in `profile_error`; if the
+    compiler aborts that child too, the result is a failure with the compiler's last words.
     """
     with tempfile.TemporaryDirectory(prefix="codegen-tpu-") as scratch:
         profile_dir, dump_dir = Path(scratch, "profile"), Path(scratch, "dump")
@@ -116,7 +119,10 @@ def profile_kernel(kernel: Kernel, chip: str, python: str | None = None, timeout
         try:
             (result,) = _run_child([asdict(kernel)], chip, python, flags=flags, timeout=timeout)
         except ChildCrashed as crash:
-            (result,) = _run_child([asdict(kernel)], chip, python, flags="", timeout=timeout)
+            try:
+                (result,) = _run_child([asdict(kernel)], chip, python, flags="", timeout=timeout)
+            except ChildCrashed as again:  # the compiler itself aborts on this kernel
+                return Compiled(kernel.label, chip, ok=False, error=f"the compiler crashed: {again.reason}")
             result.profile_error = f"the profiler of libtpu {result.libtpu_version} aborted: {crash.reason}"
             return result
         if result.ok:

@@ -237,3 +237,18 @@ def test_real_tiles_only_runs_a_kernel_no_shipped_spec_has(tmp_path, state):
         assert "b_index = t_visit_segment_ref[t_visit]" in built.source  # the gain's index map
     log = []
     assert verify_built(built, log=log.append), "\n".join(log)
+    assert "(None, 1, pl.BoundedSlice(block_n)), gain_index_map" in built.source  # a gain row as [1, n]
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e", "v7x"])
+def test_a_kernel_no_shipped_spec_has_compiles_for_every_chip(tmp_path, chip):
+    """The gain's row, of bounded length at the segment's index, is passed as [b, 1, n]:
+    as [b, n], libtpu 0.0.42 aborts on it (lower_pass_base.cc, `dynamic_dim_it`)."""
+    from codegen.tpu_compile import compile_kernels, libtpu_installed
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+    built = build_text(tmp_path, GAINED_ROWS)
+    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
+    assert all(r.ok for r in results), [r.error[:300] for r in results]

@@ -93,6 +93,19 @@ def test_verify_reports_a_compiler_crash_without_a_traceback(monkeypatch, capsys
     assert "compile axpy for v6e: FAILED" in captured.out and "Traceback" not in captured.out + captured.err
 
 
+def test_estimate_reports_a_compiler_crash_without_a_traceback(monkeypatch, capsys):
+    import codegen.tpu_compile as tpu_compile
+
+    def crashing(jobs, chip, python, flags, timeout):  # with the profiler on and off alike
+        raise tpu_compile.ChildCrashed("lower_pass_base.cc:60] Check failed: the compiler's own words")
+
+    monkeypatch.setattr(tpu_compile, "_run_child", crashing)
+    assert main(["estimate", str(SPECS / "axpy.yaml"), "--chip", "v6e", "--shape", "m=256", "--shape", "n=256"]) == 1
+    captured = capsys.readouterr()
+    assert "compile FAILED:\n    the compiler crashed: lower_pass_base.cc:60] Check failed: the compiler's own words" in captured.out
+    assert "Traceback" not in captured.out + captured.err
+
+
 def test_verify_with_a_chip_but_no_compiler_says_how_to_get_it(monkeypatch, capsys):
     import codegen.tpu_compile as tpu_compile
 

@@ -56,8 +56,14 @@ class _Pipeline(Lowering):
         # Mosaic slices a tensor's last two dims only at offsets aligned to its (8, 128) tiles,
         # and a segment's rows start anywhere: a tensor whose rows are its second-to-last dim
         # is passed as [..., rows, 1, last], which makes the rows a major dim.
+        # So is one read a row at a time, at a segment's (or a squeezed axis's) index, in
+        # blocks of a bounded last dim: libtpu 0.0.42 aborts on such a block, a row of
+        # dynamic length (lower_pass_base.cc: `Check failed: dynamic_dim_it`).
         for t in plan.ir.tensors.values():
-            if not t.scalar and len(t.dims) >= 2 and plan.axes[t.dims[-2]].mode == "jagged":
+            if t.scalar or len(t.dims) < 2:
+                continue
+            row, last = plan.axes[t.dims[-2]].mode, plan.axes[t.dims[-1]].mode
+            if row == "jagged" or (row in ("segment", "squeezed") and last == "tiled"):
                 plan.unit_major.append(t.name)
         # A bounded block's last DMA reaches its tile's edge; a TPU's tiled HBM layout holds
         # that padding, interpret mode's arrays do not: outputs get it there (the entry point

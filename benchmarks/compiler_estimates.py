@@ -415,6 +415,7 @@ def report(args, started, run: Run) -> str:
                    f"{vmem} | {rate} | {peer_label} | {'yes' if peer.ok else 'NO'} | {cycles(peer)} | {ratio} |")
     out.append("")
     out += _against_goals(rows, notes)
+    out += _beyond_hbm(rows)
     out += _layout_conversions(rows, conversions)
     gdpa_v7x = [gen for name, chip, _, _, gen, _ in rows if name == "gdpa" and chip == "v7x"]
     if gdpa_v7x and gdpa_v7x[0].estimated_cycles and gdpa_v7x[0].flops:
@@ -527,6 +528,40 @@ def _against_goals(rows, notes) -> list[str]:
                    f"chip's peak, see the table): {', '.join(unmeasured)}.")
     out.append("")
     return out
+
+
+def _hbm_multiple(chip, r) -> float | None:
+    """The multiple of the chip's HBM bandwidth at which `r`'s estimated cycles would move its bytes."""
+    if not (r.bytes_accessed and r.estimated_cycles):
+        return None
+    return r.bytes_accessed / (r.estimated_cycles / CLOCK_HZ[chip]) / CHIPS[chip].hbm_bytes_per_s
+
+
+def _beyond_hbm(rows) -> list[str]:
+    """Rows whose peer's estimate is faster than its HBM traffic allows: there the estimate
+    does not charge the traffic, and a ratio compares instruction schedules alone."""
+    table = []
+    for name, chip, _, _, gen, peer in rows:
+        peer_multiple = _hbm_multiple(chip, peer)
+        if peer_multiple is None or peer_multiple <= 1 or _ratio(chip, gen, peer) is None:
+            continue
+        gen_multiple = _hbm_multiple(chip, gen)
+        table.append(f"| {name} | {chip} | {peer.bytes_accessed / 2**20:,.0f} | {peer_multiple:.1f}x | "
+                     f"{'-' if gen.bytes_accessed is None else f'{gen.bytes_accessed / 2**20:,.0f}'} | {'-' if gen_multiple is None else f'{gen_multiple:.1f}x'} | "
+                     f"{_ratio(chip, gen, peer):.2f}x |")
+    if not table:
+        return []
+    out = ["## Where the estimate does not charge HBM traffic", ""]
+    out.append("A program's bytes (XLA's cost analysis for a peer, the kernel's pl.CostEstimate for a generated "
+               "kernel: every input read once, every output written once) over its estimated time, as a multiple of "
+               "the chip's HBM bandwidth (codegen.chips). Above 1x, the estimate has the program finish before its "
+               "bytes could have moved: it prices the instructions, not the traffic that bounds a memory-bound "
+               "kernel on a TPU. For these rows the ratio compares instruction schedules; the traffic itself is "
+               "compared in benchmarks/dma_traffic_results.md. Rows listed are those whose peer is above 1x.")
+    out.append("")
+    out.append("| spec | chip | peer MiB | peer, x HBM bandwidth | generated MiB | generated, x HBM bandwidth | ratio |")
+    out.append("|---|---|---|---|---|---|---|")
+    return out + table + [""]
 
 
 def _layout_conversions(rows, conversions) -> list[str]:

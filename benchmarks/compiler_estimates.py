@@ -360,7 +360,8 @@ def measure(args, started, run: Run) -> None:
                 r = measured[who]
                 if two_pass:
                     run.two_pass.append(f"{k.label} on {chip} ({two_pass.removeprefix('the profiler of ')[:160]})")
-                run.versions.add(f"jax {r.jax_version} / libtpu {r.libtpu_version}" + (" (v7x)" if chip == "v7x" else ""))
+                if r.libtpu_version:  # a compiler that crashed said nothing of itself
+                    run.versions.add(f"jax {r.jax_version} / libtpu {r.libtpu_version}" + (" (v7x)" if chip == "v7x" else ""))
                 print(f"         compiled={r.ok} in {r.seconds:.1f}s, cycles={_fmt(r.estimated_cycles)}"
                       f"{' (two passes)' if two_pass else ''}"
                       f"{' ' + r.profile_error[:120] if r.profile_error else ''}{' ' + r.error[:200] if r.error else ''}",
@@ -387,7 +388,7 @@ def report(args, started, run: Run) -> str:
                "TFLOP/s uses the kernel's pl.CostEstimate FLOPs and "
                f"the clock of codegen.estimate ({', '.join(f'{c} {h / 1e9:.2f} GHz' for c, h in CLOCK_HZ.items())}; "
                "derived from the bf16 peak, not published). Each program is a jit that donates the "
-               "arguments a kernel updates in place (axpy's y), kernel and peer alike; without that XLA "
+               "arguments a kernel updates in place (axpy's y), and so does a peer given the same arguments; without that XLA "
                "copies them before the call, and the copy's cycles would count.")
     out.append("")
     out.append("| spec | shapes | chip | compiles | cycles | spills (V/V/S/S) | scoped VMEM MiB | est. TFLOP/s (% bf16 peak) | peer | peer compiles | peer cycles | ratio |")
@@ -547,7 +548,7 @@ def _beyond_hbm(rows) -> list[str]:
             continue
         gen_multiple = _hbm_multiple(chip, gen)
         table.append(f"| {name} | {chip} | {peer.bytes_accessed / 2**20:,.0f} | {peer_multiple:.1f}x | "
-                     f"{'-' if gen.bytes_accessed is None else f'{gen.bytes_accessed / 2**20:,.0f}'} | {'-' if gen_multiple is None else f'{gen_multiple:.1f}x'} | "
+                     f"{'-' if gen_multiple is None else f'{gen.bytes_accessed / 2**20:,.0f}'} | {'-' if gen_multiple is None else f'{gen_multiple:.1f}x'} | "
                      f"{_ratio(chip, gen, peer):.2f}x |")
     if not table:
         return []

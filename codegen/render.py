@@ -135,7 +135,8 @@ class Entry:
             if t.fused and any(len(g) > 1 for g in t.fused):
                 self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # its fused dims, split")
             elif t.name in self.plan.unit_major:
-                self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # its jagged rows as a major dim")
+                why = "its jagged rows" if self.plan.axes[t.dims[-2]].mode == "jagged" else f"each '{t.dims[-2]}' row"
+                self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # {why} as a major dim")
 
     def unbound_axes(self) -> list[str]:
         needed = {d for t in self.k.tensors.values() for d in t.dims}

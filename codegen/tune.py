@@ -147,7 +147,8 @@ def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = N
         shown = " ".join([f"{k}={v}" for k, v in kwargs.items()] + [f"{r}={'on' if v else 'off'}" for r, v in rules.items()])
         log(f"  [{len(trials) + 1}] {shown} ...", end="", flush=True)
         result = profile_kernel(kernel_to_compile(variant, case, kwargs), chip, python=python)
-        compiler = compiler or f"libtpu {result.libtpu_version}"
+        if result.libtpu_version:  # a compiler that crashed said nothing of itself
+            compiler = compiler or f"libtpu {result.libtpu_version}"
         if result.ok and result.estimated_cycles is not None:
             trial = Trial(dict(blocks), result.estimated_cycles, result.seconds, rules=dict(rules))
             log(f" {result.estimated_cycles:,} cycles ({result.seconds:.1f}s)")

@@ -203,8 +203,8 @@ compute:
 
 
 # Jagged rows times a shared weight, scaled by a per-segment gain: no shipped spec has it.
-# libtpu 0.0.50.1 compiles it for every chip; libtpu 0.0.42 (jax 0.10.2) aborts on its 1-D
-# gain block, rule on or off, so it is not among the specs the suite compiles.
+# Its gain is read a row at a time, at the segment's index: passed as [b, n], libtpu 0.0.42
+# (jax 0.10.2) aborts on that 1-D block of bounded length; the pipeline passes it as [b, 1, n].
 GAINED_ROWS = """name: gained_rows
 doc: >
   Jagged rows times one shared weight, scaled per segment by a gain row: a kernel no
@@ -243,7 +243,8 @@ def test_real_tiles_only_runs_a_kernel_no_shipped_spec_has(tmp_path, state):
 @pytest.mark.parametrize("chip", ["v5e", "v6e", "v7x"])
 def test_a_kernel_no_shipped_spec_has_compiles_for_every_chip(tmp_path, chip):
     """The gain's row, of bounded length at the segment's index, is passed as [b, 1, n]:
-    as [b, n], libtpu 0.0.42 aborts on it (lower_pass_base.cc, `dynamic_dim_it`)."""
+    as [b, n], libtpu 0.0.42 (the jax 0.10.2 session) aborts on it (lower_pass_base.cc,
+    `dynamic_dim_it`), so there this fails without that layout; 0.0.50.1 takes either."""
     from codegen.tpu_compile import compile_kernels, libtpu_installed
     from codegen.verify import compile_cases, kernel_to_compile
 

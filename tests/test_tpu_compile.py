@@ -392,3 +392,37 @@ def test_a_crash_is_reported_by_libtpus_fatal_line_in_any_month(month):
     )
     assert _crash_reason(stderr, -6) == "llo_dumper.cc:88] Unsupported DMA direction 10"
     assert _crash_reason("no fatal line\nthe last one\n", 1) == "exit status 1: the last one"
+
+
+def test_a_virtual_environments_python_is_asked_not_assumed(tmp_path, monkeypatch):
+    """A venv's python links to the binary it was made from, with packages of its own: whether
+    libtpu is installed there is asked of it, not answered from this interpreter's packages."""
+    import importlib.util
+    import sys
+
+    import codegen.tpu_compile as tpu_compile
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "pyvenv.cfg").write_text(f"home = {Path(sys.executable).parent}\ninclude-system-site-packages = false\n")
+    linked = tmp_path / "bin" / "python"
+    linked.symlink_to(sys.executable)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libtpu" else None)
+    assert tpu_compile.libtpu_installed(sys.executable)  # this interpreter: answered here, by the stub
+    assert not tpu_compile.libtpu_installed(str(linked))  # the bare venv, asked: it has no libtpu
+
+
+def test_work_of_a_program_with_bytes_but_no_flops_is_kept():
+    from codegen.tpu_compile import _work
+
+    class Jaxpr:
+        eqns = []
+
+    class Closed:
+        jaxpr = Jaxpr()
+
+    class Exp:  # XLA's cost analysis of jnp.exp: transcendentals and bytes, no "flops" key
+        def cost_analysis(self):
+            return {"transcendentals": 16.0, "bytes accessed": 128.0}
+
+    work = _work(Closed(), Exp())
+    assert work["bytes_accessed"] == 128 and work["flops"] == 0 and work["cost_source"] == "XLA's cost analysis"

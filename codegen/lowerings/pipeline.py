@@ -58,12 +58,16 @@ class _Pipeline(Lowering):
         # is passed as [..., rows, 1, last], which makes the rows a major dim.
         # So is one read a row at a time, at a segment's (or a squeezed axis's) index, in
         # blocks of a bounded last dim: libtpu 0.0.42 aborts on such a block, a row of
-        # dynamic length (lower_pass_base.cc: `Check failed: dynamic_dim_it`).
+        # dynamic length (lower_pass_base.cc: `Check failed: dynamic_dim_it`). Not where the
+        # row would need masks of two kinds: they apply only before the unit dim merges away.
+        ragged, read = plan.ragged_axes, {op.tensor for op in plan.inputs}
         for t in plan.ir.tensors.values():
             if t.scalar or len(t.dims) < 2:
                 continue
             row, last = plan.axes[t.dims[-2]].mode, plan.axes[t.dims[-1]].mode
-            if row == "jagged" or (row in ("segment", "squeezed") and last == "tiled"):
+            masked = [d for d in t.dims if d in ragged and plan.axes[d].mode != "jagged"]
+            one_mask = t.name not in read or not masked or len(_fills(plan.ir, t.name, masked[0])) <= 1
+            if row == "jagged" or (row in ("segment", "squeezed") and last == "tiled" and one_mask):
                 plan.unit_major.append(t.name)
         # A bounded block's last DMA reaches its tile's edge; a TPU's tiled HBM layout holds
         # that padding, interpret mode's arrays do not: outputs get it there (the entry point
@@ -81,7 +85,6 @@ class _Pipeline(Lowering):
                 plan.tile_padded_outputs[op.tensor] = padded
         # Such an input is masked as it is read, in its own shape: Mosaic cannot select on the
         # block once the unit dim is merged away.
-        ragged = plan.ragged_axes
         for op in plan.inputs:
             dims = plan.ir.tensors[op.tensor].dims
             masked = [d for d in dims if d in ragged and plan.axes[d].mode != "jagged"]
@@ -286,10 +289,10 @@ class _Pipeline(Lowering):
             )
         for name in plan.unit_major:
             dims = list(k.tensors[name].dims)
-            out.append(
-                f"layout: {name} is passed as [{', '.join(dims[:-1] + ['1'] + dims[-1:])}]: its jagged rows start at any "
-                "offset, and Mosaic slices the last two dims only at offsets aligned to their tiles"
-            )
+            why = ("its jagged rows start at any offset, and Mosaic slices the last two dims only at offsets aligned "
+                   "to their tiles" if plan.axes[dims[-2]].mode == "jagged" else
+                   f"its blocks are single '{dims[-2]}' rows of bounded length, on which libtpu 0.0.42 aborts")
+            out.append(f"layout: {name} is passed as [{', '.join(dims[:-1] + ['1'] + dims[-1:])}]: {why}")
         return out
 
 

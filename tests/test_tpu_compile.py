@@ -426,3 +426,20 @@ def test_work_of_a_program_with_bytes_but_no_flops_is_kept():
 
     work = _work(Closed(), Exp())
     assert work["bytes_accessed"] == 128 and work["flops"] == 0 and work["cost_source"] == "XLA's cost analysis"
+
+
+def test_tune_names_the_compiler_of_a_candidate_that_compiled(monkeypatch):
+    """A candidate that crashed the compiler reports no version: the entry names the one that did."""
+    import codegen.tpu_compile as tpu_compile
+    from codegen.tune import tune
+
+    def profile(kernel, chip, python=None, timeout=0):
+        if kernel.kwargs.get("block_m") == 256:  # the spec's own blocks, tried first
+            return Compiled(kernel.label, chip, ok=False, error="the compiler crashed: Check failed")
+        return Compiled(kernel.label, chip, ok=True, estimated_cycles=1000 + kernel.kwargs["block_m"],
+                        libtpu_version="0.0.50.1", jax_version="0.12.0")
+
+    monkeypatch.setattr(tpu_compile, "profile_kernel", profile)
+    tuned = tune(build_source(SPECS / "axpy.yaml"), {"m": 1024, "n": 1024}, "v6e", passes=1, log=lambda *a, **k: None)
+    assert tuned.compiler == "libtpu 0.0.50.1"
+    assert tuned.blocks["m"] != 256 and tuned.cycles == 1000 + tuned.blocks["m"]

@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_build_options(p, output=False)
     _add_compile_options(p)
     p.add_argument("--passes", type=int, default=2, help="coordinate-descent passes at most (default 2)")
+    p.add_argument("--search", choices=["auto", "grid", "descent"], default="auto",
+                   help="grid: try every combination of block sizes before the descent; descent: from the spec's "
+                        "blocks alone; auto (default): the grid where it has at most 125 combinations")
     p.add_argument("--dry-run", action="store_true", help="print the winner; leave the spec as it is")
     p.add_argument("--blocks-only", action="store_true",
                    help="search block sizes alone; by default each rule that changes the kernel is tried switched too")
@@ -392,7 +395,7 @@ def _cmd_tune(args) -> int:
 
     try:
         tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print,
-                     rebuild=None if args.blocks_only else rebuild)
+                     rebuild=None if args.blocks_only else rebuild, search=args.search)
     except CompilerUnavailable as err:
         print(err, file=sys.stderr)
         return EXIT_FAILED

@@ -443,3 +443,22 @@ def test_tune_names_the_compiler_of_a_candidate_that_compiled(monkeypatch):
     tuned = tune(build_source(SPECS / "axpy.yaml"), {"m": 1024, "n": 1024}, "v6e", passes=1, log=lambda *a, **k: None)
     assert tuned.compiler == "libtpu 0.0.50.1"
     assert tuned.blocks["m"] != 256 and tuned.cycles == 1000 + tuned.blocks["m"]
+
+
+@pytest.mark.parametrize("search, found", [("auto", {"m": 512, "n": 512, "k": 2048}), ("descent", {"m": 256, "n": 256, "k": 512})])
+def test_the_grid_finds_what_one_axis_at_a_time_cannot(monkeypatch, search, found):
+    """A best that needs every axis to move at once: each single move from the spec's blocks
+    (256, 256, 512) is worse, so descent stays; the grid (5 x 5 x 5 sizes) reaches it."""
+    import codegen.tpu_compile as tpu_compile
+    from codegen.tune import tune
+
+    def profile(kernel, chip, python=None, timeout=0):
+        blocks = (kernel.kwargs["block_m"], kernel.kwargs["block_n"], kernel.kwargs["block_k"])
+        cycles = {(256, 256, 512): 1000, (512, 512, 2048): 600}.get(blocks, 2000)
+        return Compiled(kernel.label, chip, ok=True, estimated_cycles=cycles, libtpu_version="0.0.50.1")
+
+    monkeypatch.setattr(tpu_compile, "profile_kernel", profile)
+    shapes = {"m": 2048, "n": 2048, "k": 2048}
+    tuned = tune(build_source(SPECS / "matmul_bias_gelu.yaml"), shapes, "v6e", passes=2, log=lambda *a, **k: None, search=search)
+    assert tuned.blocks == found
+    assert len(tuned.trials) == (125 if search == "auto" else 13)  # the grid; or 3 sweeps of 5, less the start's repeats

@@ -240,16 +240,47 @@ def test_real_tiles_only_runs_a_kernel_no_shipped_spec_has(tmp_path, state):
     assert "(None, 1, pl.BoundedSlice(block_n)), gain_index_map" in built.source  # a gain row as [1, n]
 
 
+# Each segment's rows summed, plus a bias row per segment: an input and an output read and
+# written a segment's row at a time, the output after a reduction over the jagged rows.
+BIASED_SUMS = """name: biased_sums
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
+  n: {block: 128}
+tensors:
+  x: {dims: [t, n], dtype: float32}
+  bias: {dims: [b, n], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [b, n], dtype: float32}
+accumulators:
+  total: {over: t, dims: [b, n], init: 0}
+compute:
+  total: total + sum(x, over=t)
+  out: total + bias
+"""
+
+
+def test_segment_rows_of_an_input_and_an_output_run_as_unit_major(tmp_path):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, BIASED_SUMS)
+    assert built.plan.unit_major == ["x", "bias", "out"]
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+
+
 @pytest.mark.parametrize("chip", ["v5e", "v6e", "v7x"])
-def test_a_kernel_no_shipped_spec_has_compiles_for_every_chip(tmp_path, chip):
-    """The gain's row, of bounded length at the segment's index, is passed as [b, 1, n]:
-    as [b, n], libtpu 0.0.42 (the jax 0.10.2 session) aborts on it (lower_pass_base.cc,
-    `dynamic_dim_it`), so there this fails without that layout; 0.0.50.1 takes either."""
+@pytest.mark.parametrize("text", [GAINED_ROWS, BIASED_SUMS], ids=["gained_rows", "biased_sums"])
+def test_kernels_no_shipped_spec_has_compile_for_every_chip(tmp_path, text, chip):
+    """A segment's row of bounded length (the gain; the bias and the sums) is passed as
+    [b, 1, n]: as [b, n], libtpu 0.0.42 (the jax 0.10.2 session) aborts on it
+    (lower_pass_base.cc, `dynamic_dim_it`), so there this fails without that layout;
+    0.0.50.1 takes either."""
     from codegen.tpu_compile import compile_kernels, libtpu_installed
     from codegen.verify import compile_cases, kernel_to_compile
 
     if not libtpu_installed():
         pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
-    built = build_text(tmp_path, GAINED_ROWS)
+    built = build_text(tmp_path, text)
     results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
     assert all(r.ok for r in results), [r.error[:300] for r in results]

@@ -56,10 +56,10 @@ class _Pipeline(Lowering):
         # Mosaic slices a tensor's last two dims only at offsets aligned to its (8, 128) tiles,
         # and a segment's rows start anywhere: a tensor whose rows are its second-to-last dim
         # is passed as [..., rows, 1, last], which makes the rows a major dim.
-        # So is one read a row at a time, at a segment's (or a squeezed axis's) index, in
-        # blocks of a bounded last dim: libtpu 0.0.42 aborts on such a block, a row of
-        # dynamic length (lower_pass_base.cc: `Check failed: dynamic_dim_it`). Not where the
-        # row would need masks of two kinds: they apply only before the unit dim merges away.
+        # So is one read a row at a time, at a segment's index, in blocks of a bounded last
+        # dim: libtpu 0.0.42 aborts on such a block, a row of dynamic length
+        # (lower_pass_base.cc: `Check failed: dynamic_dim_it`). Not where the row would need
+        # masks of two kinds: they apply only before the unit dim merges away.
         ragged, read = plan.ragged_axes, {op.tensor for op in plan.inputs}
         for t in plan.ir.tensors.values():
             if t.scalar or len(t.dims) < 2:
@@ -67,7 +67,7 @@ class _Pipeline(Lowering):
             row, last = plan.axes[t.dims[-2]].mode, plan.axes[t.dims[-1]].mode
             masked = [d for d in t.dims if d in ragged and plan.axes[d].mode != "jagged"]
             one_mask = t.name not in read or not masked or len(_fills(plan.ir, t.name, masked[0])) <= 1
-            if row == "jagged" or (row in ("segment", "squeezed") and last == "tiled" and one_mask):
+            if row == "jagged" or (row == "segment" and last == "tiled" and one_mask):
                 plan.unit_major.append(t.name)
         # A bounded block's last DMA reaches its tile's edge; a TPU's tiled HBM layout holds
         # that padding, interpret mode's arrays do not: outputs get it there (the entry point

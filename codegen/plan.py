@@ -98,10 +98,14 @@ class Plan:
     visited_tiles: tuple[str, str] | None = None
     # The grid axis on whose even tiles the ordered axis is walked backwards (snake_order).
     snake_outer: str | None = None
+    # Jagged axes walked in blocks aligned to the array, not to each segment's start (aligned_tiles).
+    aligned_tiles: set[str] = field(default_factory=set)
     # Tensors passed to the kernel with a unit dim before their last one (see the pipeline units).
     unit_major: list[str] = field(default_factory=list)
     # Outputs allocated to whole tiles in interpret mode: tensor -> [(kernel dim position, tile)].
     tile_padded_outputs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # Inputs padded to whole tiles in interpret mode, for the same reason: tensor -> [(kernel dim position, tile)].
+    tile_padded_inputs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     layouts: dict[int, Layout] = field(default_factory=dict)  # id(ir value) -> layout
     statement_layouts: dict[str, Layout] = field(default_factory=dict)
     accumulator_layouts: dict[str, Layout] = field(default_factory=dict)

@@ -233,14 +233,15 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = Non
             j = k.axes[d].jagged
             tile = clamp if clamp and d == plan.ir.ordered_axis else f"{d}_index"
             shape.append(f"pl.BoundedSlice(block_{d})")
-            index.append(f"_jagged_tile({j.offsets}_ref, {j.segment}_index, {tile}, block_{d})")
+            helper = "_aligned_tile" if d in plan.aligned_tiles else "_jagged_tile"
+            index.append(f"{helper}({j.offsets}_ref, {j.segment}_index, {tile}, block_{d})")
         else:
             shape.append(d)
             index.append("0")
     if op.tensor in plan.unit_major:  # the unit dim inserted before the last one
         shape.insert(len(shape) - 1, "1")
         index.insert(len(index) - 1, "0")
-    maps.helpers |= {h for h in ("bounded_tile", "jagged_tile") if any(f"_{h}(" in i for i in index)}
+    maps.helpers |= {h for h in ("bounded_tile", "jagged_tile", "aligned_tile") if any(f"_{h}(" in i for i in index)}
     returned = maps.add(op.tensor, tuple_text(index))
     extra = ", pipeline_mode=pl.Buffered(1)" if op.buffers == 1 else ""
     why = plan.why(op.tensor, "block_spec")
@@ -248,6 +249,8 @@ def block_spec(plan: Plan, op: Operand, maps: IndexMaps, clamp: str | None = Non
         why += plan.why(plan.mask_skip.statement, "block_spec")
     if plan.snake_outer and plan.ir.ordered_axis in t.dims:
         why += plan.why(plan.ir.ordered_axis, "block_spec")
+    for d in sorted(plan.aligned_tiles & set(t.dims)):
+        why += plan.why(d, "block_spec")
     if k.passes > 1 and k.ordered_axis in t.dims:
         a = k.ordered_axis
         why += [f"'{a}' is walked in {k.passes} passes: "
@@ -403,7 +406,12 @@ class KernelPrinter:
         if name not in sec.loaded:
             paged = self.plan.axes[axis].mode == "paged"
             block = f"block_{axis}" if paged else self.need("block_" + axis)
-            sec.indices.append(f"{name} = {axis}_index * {block}")
+            if axis in self.plan.aligned_tiles:  # the block's first row, counted from the segment's
+                j = self.k.axes[axis].jagged
+                first = f"{j.offsets}_ref[{j.segment}_index]"
+                sec.indices.append(f"{name} = ({first} // {block} + {axis}_index) * {block} - {first}")
+            else:
+                sec.indices.append(f"{name} = {axis}_index * {block}")
             sec.loaded.add(name)
         return name
 
@@ -462,10 +470,12 @@ class KernelPrinter:
         return name
 
     def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
-        self.uses.add("mask_tail")
         start, size = self.tile_start(sec, axis), self.extent(axis, sec)
         helper = "_mask_tail"
-        if axis in self.plan.last_block_masks:
+        self.uses.add("mask_outside" if axis in self.plan.aligned_tiles else "mask_tail")
+        if axis in self.plan.aligned_tiles:  # the block may start before the segment's rows, too
+            helper = "_mask_outside"
+        elif axis in self.plan.last_block_masks:
             self.uses.add("mask_last_block")
             helper = "_mask_last_block"
             reason = f"last_block_mask:{axis}"

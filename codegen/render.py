@@ -253,6 +253,16 @@ class Entry:
             self.lines += [f"    {c}" for c in checks]
         self.block_sizes()
         p.unit.entry_prelude(self)
+        for name, padded in p.tile_padded_inputs.items():
+            widths = ["(0, 0)"] * len(p.kernel_dims(name))
+            for position, tile in padded:
+                widths[position] = f"(0, -{name}.shape[{position}] % {tile})"
+            self.lines.append(
+                "# a bounded block's last DMA reads to its tile's edge: a TPU's tiled HBM layout holds that padding, "
+                "the interpreter's arrays do not"
+            )
+            self.lines.append("if interpret is not False:")
+            self.lines.append(f"    {name} = jnp.pad({name}, {_tuple(widths)})")
         args = p.prefetched + [op.tensor for op in p.inputs if k.tensors[op.tensor].read]
         for op in p.inputs:
             if op.tensor not in args:  # an output passed in as well (output_only off)
@@ -408,7 +418,7 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         stdlib.append("import math")
     # In isort's order (plain imports, then from-imports), so that linters accept the file.
     imports = stdlib + ([""] if stdlib else []) + ["import jax", "import jax.numpy as jnp"]
-    if "lax" in uses or "mask_tail" in uses or "gelu" in uses:
+    if "lax" in uses or "mask_tail" in uses or "mask_outside" in uses or "gelu" in uses:
         imports.append("from jax import lax")
     if entry.debug_checks():
         imports.append("from jax.experimental import checkify")

@@ -396,6 +396,61 @@ RULES = (*RULES, SnakeOrder())
 RULE_NAMES = tuple(r.name for r in RULES)
 
 
+class AlignedTiles(Rule):
+    name = "aligned_tiles"
+    seed = "megablox gmm, whose row tiles are aligned to the array and shared by the groups they overlap"
+    summary = (
+        "an ordered jagged axis that only inputs carry is walked in blocks aligned to the array, "
+        "each segment visiting the blocks its rows overlap and masking the rows outside it, so a "
+        "tensor with the axis in its last two dims keeps its dense (8, 128) tiles instead of "
+        "being passed with its rows as a major dim, which moves them one row at a time"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        k, axis = plan.ir, plan.ir.ordered_axis
+        if axis is None or plan.axes[axis].mode != "jagged":
+            return [Decision(self.name, "-", False, "no ordered jagged axis")]
+        if not plan.unit.aligns_jagged_tiles:
+            return [Decision(
+                self.name, axis, False,
+                f"the {plan.lowering} lowering runs a pipeline per segment, which would fetch a block that two "
+                "segments share once for each",
+            )]
+        written = [t.name for t in k.outputs if axis in t.dims]
+        if written:
+            return [Decision(
+                self.name, axis, False,
+                f"{', '.join(written)} is written along '{axis}': a block shared by two segments would be "
+                "written by each, and the second write would undo the first",
+            )]
+        if k.passes > 1 or plan.mask_skip or plan.snake_outer:
+            why = (f"'{axis}' is walked in passes" if k.passes > 1 else
+                   f"mask_skip bounds the '{axis}' blocks by positions within a segment" if plan.mask_skip else
+                   f"snake_order walks '{axis}' backwards on alternate tiles")
+            return [Decision(self.name, axis, False, f"{why}: its blocks stay aligned to each segment")]
+        rows = [op.tensor for op in plan.inputs
+                if op.memory == "blocked" and len(k.tensors[op.tensor].dims) >= 2 and k.tensors[op.tensor].dims[-2] == axis]
+        if not rows:
+            return [Decision(self.name, axis, False, f"no input holds '{axis}' in its last two dims: its blocks are dense either way")]
+        if not enabled:
+            return [Decision(
+                self.name, axis, False,
+                f"rule off: '{axis}' blocks start at each segment's first row, so {', '.join(rows)} is passed with "
+                f"its '{axis}' rows as a major dim",
+            )]
+        plan.aligned_tiles.add(axis)
+        return [Decision(
+            self.name, axis, True,
+            f"'{axis}' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to "
+            f"its rows on both sides, and {', '.join(rows)} keeps its dense tiles, not one row per DMA",
+        )]
+
+
+RULES = (*RULES, AlignedTiles())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
 class LastBlockMask(Rule):
     name = "last_block_mask"
     seed = "JAX's Pallas kernels, which mask a block only where it overhangs the array"
@@ -413,6 +468,8 @@ class LastBlockMask(Rule):
         ordered = plan.ir.ordered_axis
         if ordered is None or ordered not in plan.ragged_axes:
             return [Decision(self.name, "-", False, "no ordered axis walked in blocks")]
+        if ordered in plan.aligned_tiles:
+            return [Decision(self.name, ordered, False, f"'{ordered}' blocks are aligned to the array: a segment's first block can overhang it too")]
         if not enabled:
             return [Decision(self.name, ordered, False, f"rule off: every '{ordered}' block computes its tail mask, which is all-true on all but the last")]
         plan.last_block_masks.add(ordered)

@@ -18,28 +18,31 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 
-def _mask_tail(x, axis, start, size, fill):
-    """`x` with `fill` wherever its position along `axis`, counted from `start`, is at or past `size`."""
-    if isinstance(size, int) and size % x.shape[axis] == 0:
-        return x  # the axis splits into whole blocks: no block overhangs
+def _mask_outside(x, axis, start, size, fill):
+    """`x` with `fill` wherever its position along `axis`, counted from `start`, is before 0 or at or past `size`."""
     position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    return jnp.where(position < size, x, fill)
+    return jnp.where((position >= 0) & (position < size), x, fill)
 
 
-def _jagged_tile(offsets_ref, segment, tile, block):
-    """Rows of `tile` within `segment`, as the pl.ds of a pl.BoundedSlice block.
+def _aligned_tile(offsets_ref, segment, tile, block):
+    """Block `tile` of those that `segment`'s rows overlap, blocks being aligned to the array,
+    as the pl.ds of a pl.BoundedSlice block.
 
-    A tile past the segment's end is clamped to the segment's last tile, so its block
-    repeats the one before it and the pipeline moves no data for it. An empty segment
-    gets no rows, at a start kept inside the array.
+    Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the rows of
+    neighbouring segments in it are masked by the kernel. A tile past the segment's last block
+    is clamped to it, so its block repeats the one before it and the pipeline moves no data
+    for it. An empty segment gets the block its offset falls in, kept inside the array.
     """
     start = offsets_ref[segment]
     end = offsets_ref[segment + 1]
-    last_tile = jnp.maximum(pl.cdiv(end - start, block) - 1, 0)
-    tile_start = start + jnp.minimum(tile, last_tile) * block
-    rows = jnp.clip(end - tile_start, 0, block)
+    first = start // block
+    last = jnp.maximum(pl.cdiv(end, block) - 1, first)
     total = offsets_ref[offsets_ref.shape[0] - 1]
-    return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
+    aligned = (
+        jnp.minimum(first + tile, jnp.minimum(last, jnp.maximum(pl.cdiv(total, block) - 1, 0)))
+        * block
+    )
+    return pl.ds(pl.multiple_of(aligned, block), jnp.clip(total - aligned, 1, block))
 
 
 def _grid_indices(step):
@@ -159,15 +162,15 @@ def _segment_mean_kernel(
         def _init():
             out_acc_ref[...] = jnp.zeros(out_acc_ref.shape, out_acc_ref.dtype)
 
-        t_start = t_index * block_t
+        t_start = (offsets_ref[b_index] // block_t + t_index) * block_t - offsets_ref[b_index]
         t_size = offsets_ref[b_index + 1] - offsets_ref[b_index]
 
         def step():
-            x = x_ref[...].reshape(x_ref.shape[:-2] + x_ref.shape[-1:])
-            x_masked = _mask_tail(x, axis=0, start=t_start, size=t_size, fill=0.0)
+            x = x_ref[...]
+            x_masked = _mask_outside(x, axis=0, start=t_start, size=t_size, fill=0.0)
             out_acc_ref[...] += jnp.sum(x_masked, axis=0, keepdims=True)
 
-        lax.cond((t_start < t_size), step, lambda: None)
+        lax.cond((jnp.maximum(t_start, 0) < t_size), step, lambda: None)
 
         @pl.when(t_index == num_t_tiles - 1)
         def _finalize():
@@ -175,7 +178,7 @@ def _segment_mean_kernel(
             out_ref[...] = jnp.squeeze(out_acc_ref[...] / jnp.maximum(t_size, 1), axis=0)
 
     def x_index_map(b_index, t_index):
-        return (_jagged_tile(offsets_ref, b_index, t_index, block_t), 0, 0)
+        return (_aligned_tile(offsets_ref, b_index, t_index, block_t), 0)
 
     def out_index_map(b_index, t_index):
         return (b_index, 0)
@@ -184,7 +187,10 @@ def _segment_mean_kernel(
     pltpu.emit_pipeline(
         body,
         grid=(b, num_t_tiles),
-        in_specs=[pl.BlockSpec((pl.BoundedSlice(block_t), 1, d), x_index_map)],
+        in_specs=[
+            # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to its rows on both sides, and x keeps its dense tiles, not one row per DMA
+            pl.BlockSpec((pl.BoundedSlice(block_t), d), x_index_map),
+        ],
         out_specs=[
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
             pl.BlockSpec((None, d), out_index_map),
@@ -220,13 +226,15 @@ def segment_mean(x, offsets, *, max_seq_len, block_t=256, debug=False, interpret
     b = offsets.shape[0] - 1
     _check_input("x", x, (t, d), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
-    x = x.reshape(t, 1, d)  # its jagged rows as a major dim
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("offsets", offsets, t, "max_seq_len", max_seq_len)
     block_t = _block_size("block_t", block_t, pl.cdiv(max_seq_len, 8) * 8, 8)
     if t == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
-        x = jnp.zeros((1, 1, d), jnp.float32)
-    num_t_tiles = pl.cdiv(max_seq_len, block_t)
+        x = jnp.zeros((1, d), jnp.float32)
+    num_t_tiles = pl.cdiv(max_seq_len + block_t - 1, block_t)
+    # a bounded block's last DMA reads to its tile's edge: a TPU's tiled HBM layout holds that padding, the interpreter's arrays do not
+    if interpret is not False:
+        x = jnp.pad(x, ((0, -x.shape[0] % 8), (0, 0)))
     kernel = functools.partial(
         _segment_mean_kernel, block_t=block_t, num_t_tiles=num_t_tiles, b=b, d=d
     )

@@ -17,7 +17,7 @@ def with_rule(name, rule, state):
 def test_every_rule_is_covered_here():
     assert {r.name for r in RULES} == {
         "output_only", "invariant_load", "deferred_mask", "paged_prefetch", "slot_semaphores", "mask_skip",
-        "keep_whole", "snake_order", "last_block_mask", "idle_tiles_hold", "real_tiles_only",
+        "keep_whole", "snake_order", "aligned_tiles", "last_block_mask", "idle_tiles_hold", "real_tiles_only",
     }
 
 
@@ -178,6 +178,67 @@ def test_real_tiles_only_on_and_off(tmp_path):
     assert grid.plan.visited_tiles is None
 
 
+def test_aligned_tiles_on_and_off(tmp_path):
+    on = build_text(tmp_path, with_rule("segment_sum", "aligned_tiles", "on"))
+    off = build_text(tmp_path, with_rule("segment_sum", "aligned_tiles", "off"))
+    assert on.plan.aligned_tiles == {"t"} and off.plan.aligned_tiles == set()
+    # Off, x's rows are a major dim ([t, 1, d]), blocks starting at each segment's first row.
+    assert on.plan.unit_major == [] and off.plan.unit_major == ["x"]
+    assert "pl.BlockSpec((pl.BoundedSlice(block_t), d), x_index_map)" in on.source
+    assert "_aligned_tile(offsets_ref, b_index, t_index, block_t)" in on.source and "_jagged_tile" not in on.source
+    assert "pl.BlockSpec((pl.BoundedSlice(block_t), 1, d), x_index_map)" in off.source
+    assert "_aligned_tile" not in off.source and "x = x.reshape(t, 1, d)" in off.source
+    # A segment of max rows may start mid-block: one block more than cdiv(max, block).
+    assert "num_t_tiles = pl.cdiv(max_seq_len + block_t - 1, block_t)" in on.source
+    assert "num_t_tiles = pl.cdiv(max_seq_len, block_t)" in off.source
+    # Masks on both sides of the segment's rows, and no work for an empty segment.
+    assert "_mask_outside(x, axis=0, start=t_start, size=t_size" in on.source and "_mask_tail" not in on.source
+    assert "lax.cond((jnp.maximum(t_start, 0) < t_size), step" in on.source
+    assert "rule off: 't' blocks start at each segment's first row" in format_plan(off.plan)
+    # Where it cannot apply, it says why.
+    in_passes = add_rule(with_rule("jagged_softmax", "keep_whole", "off"), "aligned_tiles", "on")
+    softmax = build_text(tmp_path, in_passes)  # t ordered, walked in passes, and written by the last
+    assert "out is written along 't'" in format_plan(softmax.plan) and softmax.plan.aligned_tiles == set()
+    grid = build_text(tmp_path, with_rule("segment_sum", "aligned_tiles", "on") + "lowering: grid\n")
+    assert "runs a pipeline per segment" in format_plan(grid.plan) and grid.plan.aligned_tiles == set()
+    heads = build_text(tmp_path, with_rule("gdpa_jagged", "aligned_tiles", "on"))
+    assert "no input holds 'skv' in its last two dims" in format_plan(heads.plan)
+
+
+# Per segment, the sum of exp(x) over its rows, kept stable by a running max (an online
+# logsumexp): an empty segment must skip its one block, where exp(m - m_next) would be
+# exp(-inf + inf), and give 0.
+SEGMENT_EXP_SUMS = """name: segment_exp_sums
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
+  d: {max: 256}
+tensors:
+  x: {dims: [t, d], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [b, d], dtype: float32}
+accumulators:
+  m: {over: t, dims: [b, d], init: -.inf}
+  l: {over: t, dims: [b, d], init: 0}
+compute:
+  m_next: maximum(m, max(x, over=t))
+  l: exp(m - m_next) * l + sum(exp(x - m_next), over=t)
+  m: m_next
+  out: l * exp(m)
+"""
+
+
+@pytest.mark.parametrize("state", ["on", "off"])
+def test_aligned_tiles_run_on_verifys_edge_cases(tmp_path, state):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, add_rule(SEGMENT_EXP_SUMS, "aligned_tiles", state))
+    assert built.plan.aligned_tiles == ({"t"} if state == "on" else set())
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+    assert any("t=[0, " in line for line in log)  # an empty segment was among the cases
+
+
 def test_real_tiles_only_keeps_every_segment_of_a_per_segment_output(tmp_path):
     text = """name: scaled_rows
 axes:
@@ -264,7 +325,8 @@ def test_segment_rows_of_an_input_and_an_output_run_as_unit_major(tmp_path):
     from codegen.verify import verify_built
 
     built = build_text(tmp_path, BIASED_SUMS)
-    assert built.plan.unit_major == ["x", "bias", "out"]
+    assert built.plan.unit_major == ["bias", "out"]  # x's jagged rows are walked in aligned blocks
+    assert built.plan.aligned_tiles == {"t"}
     log = []
     assert verify_built(built, log=log.append), "\n".join(log)
 
@@ -284,3 +346,16 @@ def test_kernels_no_shipped_spec_has_compile_for_every_chip(tmp_path, text, chip
     built = build_text(tmp_path, text)
     results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
     assert all(r.ok for r in results), [r.error[:300] for r in results]
+
+
+def test_every_rule_is_measured_by_rule_effects_or_says_why_not():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rule_effects import NOT_MEASURED, PAIRS
+
+    measured = {pair.rule for pair in PAIRS}
+    assert {r.name for r in RULES} - measured - set(NOT_MEASURED) == set()
+    assert measured & set(NOT_MEASURED) == set()

@@ -462,3 +462,25 @@ def test_the_grid_finds_what_one_axis_at_a_time_cannot(monkeypatch, search, foun
     tuned = tune(build_source(SPECS / "matmul_bias_gelu.yaml"), shapes, "v6e", passes=2, log=lambda *a, **k: None, search=search)
     assert tuned.blocks == found
     assert len(tuned.trials) == (125 if search == "auto" else 13)  # the grid; or 3 sweeps of 5, less the start's repeats
+
+
+@needs_libtpu
+def test_aligned_blocks_of_jagged_rows_cost_less_than_segment_aligned_ones(tmp_path):
+    """segment_sum's x [t, d] in blocks aligned to the array keeps its dense tiles; with
+    blocks at each segment's first row it is passed as [t, 1, d], whose DMAs the compiler
+    charges row by row."""
+    from codegen.tpu_compile import profile_kernel
+    from codegen.verify import kernel_to_compile
+
+    from conftest import build_text, with_rule
+
+    text = (SPECS / "segment_sum.yaml").read_text().split("\ntune:")[0] + "\n"
+    # compiler_estimates' shapes: at fewer segments libtpu 0.0.50.1's profiler aborts on the [t, 1, d] layout
+    shapes = {"b": 64, "max_seq_len": 1024, "d": 512}
+    cycles = {}
+    for state in ("on", "off"):
+        built = build_text(tmp_path, with_rule(text, "aligned_tiles", state), chip="v6e")
+        result = profile_kernel(kernel_to_compile(built, case_from_shapes(built.plan, shapes)), "v6e")
+        assert result.ok and result.estimated_cycles, (result.error, result.profile_error)
+        cycles[state] = result.estimated_cycles
+    assert cycles["on"] < cycles["off"] / 2, cycles

@@ -33,6 +33,9 @@ class Lowering:
     # Its pipeline grid holds a jagged axis's segments, so the two can fold into one axis over
     # the real tiles (the real_tiles_only rule).
     visits_real_tiles: bool = False
+    # Whether its blocks of a jagged axis may be aligned to the array rather than to each
+    # segment's start (pl.BoundedSlice blocks in an emit_pipeline).
+    aligns_jagged_tiles: bool = False
     # Its ordered axis is walked in a loop whose trip count the compiler's estimate guesses
     # (emit_pipeline's, or one run to a length read at run time): the estimate cannot see
     # what a rule saves by skipping that loop's steps, so tuning leaves such rules on.

@@ -67,6 +67,8 @@ class _Pipeline(Lowering):
             row, last = plan.axes[t.dims[-2]].mode, plan.axes[t.dims[-1]].mode
             masked = [d for d in t.dims if d in ragged and plan.axes[d].mode != "jagged"]
             one_mask = t.name not in read or not masked or len(_fills(plan.ir, t.name, masked[0])) <= 1
+            if t.dims[-2] in plan.aligned_tiles:  # aligned blocks slice its rows at tile boundaries
+                continue
             if row == "jagged" or (row == "segment" and last == "tiled" and one_mask):
                 plan.unit_major.append(t.name)
         # A bounded block's last DMA reaches its tile's edge; a TPU's tiled HBM layout holds
@@ -83,6 +85,12 @@ class _Pipeline(Lowering):
                     padded.append((position, LANES if position == len(dims) - 1 else sublane_tile(t.dtype)))
             if padded:
                 plan.tile_padded_outputs[op.tensor] = padded
+        # An aligned block's rows are sliced from the array itself, and the last block's DMA
+        # reaches its tile's edge too (jax 0.12's interpreter reads it whole).
+        for op in plan.inputs:
+            t = plan.ir.tensors[op.tensor]
+            if op.memory == "blocked" and len(t.dims) >= 2 and t.dims[-2] in plan.aligned_tiles:
+                plan.tile_padded_inputs[op.tensor] = [(len(t.dims) - 2, sublane_tile(t.dtype))]
         # Such an input is masked as it is read, in its own shape: Mosaic cannot select on the
         # block once the unit dim is merged away.
         for op in plan.inputs:
@@ -138,7 +146,9 @@ class _Pipeline(Lowering):
                         p.statement(st, step)
                 steps.append(step)
             checks = ["tile_valid"] if parallel_checks else []
-            if plan.axes[ordered].mode == "jagged":
+            if ordered in plan.aligned_tiles:  # a segment's first block may start before its rows
+                checks.append(f"(jnp.maximum({p.tile_start(steps[0])}, 0) < {p.extent(ordered, steps[0])})")
+            elif plan.axes[ordered].mode == "jagged":
                 checks.append(f"({p.tile_start(steps[0])} < {p.extent(ordered, steps[0])})")
             if plan.mask_skip:
                 checks.append("tile_live")
@@ -190,7 +200,7 @@ class _Pipeline(Lowering):
         if plan.holds_idle_tiles:  # an idle tile stays on the block the real tile before it ended on
             params = ", ".join(logical)
             held_lines = [f"def {ordered}_index_held({params}):"] + indent(
-                [f"# {w}" for w in plan.why(ordered, "block_spec")]
+                [f"# {w}" for w in plan.why(ordered, "block_spec") if w.startswith("idle_tiles_hold:")]
                 + [f"return jnp.where({' & '.join(idle_checks)}, {ordered}_index, {p.need(tile_count(ordered))} - 1)"]
             ) + [""]
             held = f"{ordered}_index_held({params})"
@@ -235,9 +245,12 @@ class _Pipeline(Lowering):
     # -- the entry point
     def entry_prelude(self, entry):
         empty_totals(entry)
-        for a in entry.blocked_axes():
-            entry.lines.append(f"num_{a}_tiles = pl.cdiv({entry.block_bound(a)}, block_{a})")
         p = entry.plan
+        for a in entry.blocked_axes():
+            if a in p.aligned_tiles:  # a segment of max rows overlaps one more block where it starts mid-block
+                entry.lines.append(f"num_{a}_tiles = pl.cdiv({entry.block_bound(a)} + block_{a} - 1, block_{a})")
+            else:
+                entry.lines.append(f"num_{a}_tiles = pl.cdiv({entry.block_bound(a)}, block_{a})")
         if p.visited_tiles:
             segment, axis = p.visited_tiles
             offsets = p.ir.axes[axis].jagged.offsets
@@ -287,6 +300,12 @@ class _Pipeline(Lowering):
                 f"loop: '{k.ordered_axis}' is walked in order, last in the pipeline grid; "
                 "accumulators init on its first step, finalize on its last"
             )
+        for a in sorted(plan.aligned_tiles):
+            j = k.axes[a].jagged
+            out.append(
+                f"tiles: '{a}' in blocks aligned to the array, cdiv({j.max} + block_{a} - 1, block_{a}) per segment: "
+                f"each segment visits the blocks its rows overlap and masks the rows of its neighbours"
+            )
         for name in plan.unit_major:
             dims = list(k.tensors[name].dims)
             why = ("its jagged rows start at any offset, and Mosaic slices the last two dims only at offsets aligned "
@@ -318,6 +337,7 @@ def _extent(plan, a: str) -> str:
 class OuterPipeline(_Pipeline):
     name = "outer_pipeline"
     visits_real_tiles = True
+    aligns_jagged_tiles = True
 
     def reason(self, origin):
         return (

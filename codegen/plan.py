@@ -542,12 +542,13 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
     k = plan.ir
     assumed = []
 
+    # Blocks at the entry point's defaults: the chip's tune: entry where it has one.
     def extent(axis: str) -> int:
         a = plan.axes[axis]
         if a.mode == "paged":
-            return a.block * k.axes[axis].paged.page_size
+            return plan.default_block(axis) * k.axes[axis].paged.page_size
         if a.blocked:
-            return a.block
+            return plan.default_block(axis)
         if k.axes[axis].max is not None:
             return k.axes[axis].max
         if axis not in assumed:
@@ -563,7 +564,7 @@ def _estimate_vmem(plan: Plan) -> VmemEstimate:
             continue
         t = k.tensors[op.tensor]
         axis = next(d for d in t.dims if plan.axes[d].mode == "paged")
-        rows = plan.axes[axis].block * k.axes[axis].paged.page_size
+        rows = plan.default_block(axis) * k.axes[axis].paged.page_size
         shape = [rows] + [extent(d) for d in t.dims[t.dims.index(axis) + 1:]]
         items.append((f"{op.tensor} page slots x{plan.paged_slots}", plan.paged_slots * _padded_bytes(shape, t.dtype)))
     for op in plan.inputs + plan.outputs:

@@ -57,19 +57,35 @@ def test_alignment_requirements_follow_dtype(tmp_path):
 def test_vmem_estimate_counts_buffers_and_padding():
     p = plan_of("exp")
     items = dict(p.vmem.items)
-    assert items["in x block x2"] == 2 * 256 * 512 * 4
-    assert items["out out block x2"] == 2 * 256 * 512 * 4
+    block = p.default_block("m") * p.default_block("n")  # v5e's tune: entry, the entry point's defaults
+    assert block != 256 * 512  # not the spec's blocks
+    assert items["in x block x2"] == 2 * block * 4
+    assert items["out out block x2"] == 2 * block * 4
     assert p.vmem_limit is None
 
 
 def test_plan_over_the_scoped_default_sets_the_vmem_limit(tmp_path):
-    text = (SPECS / "exp.yaml").read_text().replace("m: {block: 256}", "m: {block: 2048}").replace("n: {block: 512}", "n: {block: 1024}")
+    text = (SPECS / "exp.yaml").read_text().split("\ntune:")[0] + "\n"  # the spec's blocks are the defaults
+    text = text.replace("m: {block: 256}", "m: {block: 2048}").replace("n: {block: 512}", "n: {block: 1024}")
     built = build_text(tmp_path, text)
     assert 16 * MiB < built.plan.vmem.total <= 128 * MiB
     assert built.plan.vmem_limit is not None and built.plan.vmem_limit >= built.plan.vmem.total
     assert f"vmem_limit_bytes={built.plan.vmem_limit}" in built.source
     # The same plan fits v6e's larger scoped default without a limit.
     assert build_text(tmp_path, text, chip="v6e").plan.vmem_limit is None
+
+
+def test_the_vmem_budget_is_for_the_blocks_the_entry_point_defaults_to(tmp_path):
+    """A chip's tune: entry sets the entry point's default blocks, so the budget counts those."""
+    text = (SPECS / "segment_sum.yaml").read_text().split("\ntune:")[0] + "\n"
+    untuned = build_text(tmp_path, text, chip="v5e").plan
+    tuned_text = text + "tune:\n  v5e: {shapes: {b: 64, max_seq_len: 1024, d: 512}, blocks: {t: 1024}}\n"
+    tuned = build_text(tmp_path, tuned_text, chip="v5e")
+    items = dict(tuned.plan.vmem.items)
+    assert items["in x block x2"] == 2 * 1024 * 4096 * 4  # block_t 1024 of whole rows of up to d=4096
+    assert dict(untuned.vmem.items)["in x block x2"] == 2 * 256 * 4096 * 4 and untuned.vmem_limit is None
+    assert tuned.plan.vmem_limit is not None and tuned.plan.vmem_limit >= tuned.plan.vmem.total
+    assert "block_t=1024" in tuned.source and f"vmem_limit_bytes={tuned.plan.vmem_limit}" in tuned.source
 
 
 def test_plan_report_names_every_decision():

@@ -721,9 +721,14 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             f"use {'smaller ' + fix if fix == 'blocks' else fix} (run `codegen plan` for the breakdown)",
         )
     if total > plan.chip.scoped_vmem_default:
-        plan.vmem_limit = min(plan.chip.vmem_bytes, -(-int(total * 1.25) // MiB) * MiB)
+        # XLA keeps VMEM of its own beside the call: on v7x layernorm's and gdpa_jagged's
+        # programs compiled with a 40 MiB limit and ran out of the 64 MiB at 45-51 MiB.
+        ceiling = max(plan.chip.scoped_vmem_default, plan.chip.vmem_bytes * 5 // 8)
+        plan.vmem_limit = min(ceiling, -(-int(total * 1.25) // MiB) * MiB)
         plan.vmem_reason = (
             f"the plan needs {total / MiB:.1f} MiB of VMEM, over {plan.chip.name}'s "
             f"{plan.chip.scoped_vmem_default // MiB} MiB scoped default: raise the limit, with a quarter to spare"
+            + (f", up to {ceiling // MiB} MiB, 5/8 of the TensorCore's: XLA keeps the rest beside the call"
+               if plan.vmem_limit == ceiling else "")
         )
     return plan

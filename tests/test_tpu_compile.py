@@ -484,3 +484,17 @@ def test_aligned_blocks_of_jagged_rows_cost_less_than_segment_aligned_ones(tmp_p
         assert result.ok and result.estimated_cycles, (result.error, result.profile_error)
         cycles[state] = result.estimated_cycles
     assert cycles["on"] < cycles["off"] / 2, cycles
+
+
+@needs_libtpu
+def test_a_raised_vmem_limit_leaves_xla_its_share_on_v7x():
+    """layernorm's v7x blocks need more than the 32 MiB scoped default by the plan's upper
+    bound; at a limit of 51 MiB its program ran out of v7x's 64 MiB beside XLA's own VMEM."""
+    from codegen.chips import MiB
+    from codegen.tpu_compile import compile_kernels
+    from codegen.verify import kernel_to_compile
+
+    built = build_source(SPECS / "layernorm.yaml", chip="v7x")
+    assert built.plan.vmem_limit == 40 * MiB and "5/8 of the TensorCore's" in built.plan.vmem_reason
+    (result,) = compile_kernels([kernel_to_compile(built, case_from_shapes(built.plan, {"m": 4096, "n": 4096}))], "v7x")
+    assert result.ok, result.error[:300]

@@ -471,11 +471,10 @@ class KernelPrinter:
 
     def mask_call(self, text: str, axis: str, position: int, fill: float, sec: Section) -> str:
         start, size = self.tile_start(sec, axis), self.extent(axis, sec)
-        helper = "_mask_tail"
-        self.uses.add("mask_outside" if axis in self.plan.aligned_tiles else "mask_tail")
-        if axis in self.plan.aligned_tiles:  # the block may start before the segment's rows, too
-            helper = "_mask_outside"
-        elif axis in self.plan.last_block_masks:
+        # an aligned block may start before the segment's rows, too
+        helper = "_mask_outside" if axis in self.plan.aligned_tiles else "_mask_tail"
+        self.uses.add(helper.removeprefix("_"))
+        if helper == "_mask_tail" and axis in self.plan.last_block_masks:
             self.uses.add("mask_last_block")
             helper = "_mask_last_block"
             reason = f"last_block_mask:{axis}"

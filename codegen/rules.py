@@ -436,14 +436,16 @@ class AlignedTiles(Rule):
         if not enabled:
             return [Decision(
                 self.name, axis, False,
-                f"rule off: '{axis}' blocks start at each segment's first row, so {', '.join(rows)} is passed with "
-                f"its '{axis}' rows as a major dim",
+                f"rule off: '{axis}' blocks start at each segment's first row, so {', '.join(rows)} "
+                f"{'is' if len(rows) == 1 else 'are'} passed with {'its' if len(rows) == 1 else 'their'} "
+                f"'{axis}' rows as a major dim",
             )]
         plan.aligned_tiles.add(axis)
         return [Decision(
             self.name, axis, True,
             f"'{axis}' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to "
-            f"its rows on both sides, and {', '.join(rows)} keeps its dense tiles, not one row per DMA",
+            f"its rows on both sides, and {', '.join(rows)} {'keeps its' if len(rows) == 1 else 'keep their'} dense "
+            "tiles, not one row per DMA",
         )]
 
 

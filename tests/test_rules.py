@@ -239,6 +239,43 @@ def test_aligned_tiles_run_on_verifys_edge_cases(tmp_path, state):
     assert any("t=[0, " in line for line in log)  # an empty segment was among the cases
 
 
+# Jagged attention with one head, so K and V hold 'skv' in their last two dims: aligned
+# 'skv' blocks beside real_tiles_only's visits over 'sq' tiles, idle_tiles_hold, and a
+# mask on positions within the segment (mask_skip off, which would keep the blocks per segment).
+ONE_HEAD = """name: one_head
+axes:
+  b: {}
+  sq: {jagged: {offsets: q_offsets, segment: b, max: max_q}, block: 16}
+  skv: {jagged: {offsets: kv_offsets, segment: b, max: max_kv}, block: 16}
+  d: {max: 128}
+tensors:
+  q: {dims: [sq, d], dtype: float32}
+  k: {dims: [skv, d], dtype: float32}
+  v: {dims: [skv, d], dtype: float32}
+  q_offsets: {dims: [b+1], dtype: int32}
+  kv_offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [sq, d], dtype: float32}
+compute:
+  s: dot(q, k, over=d)
+  p: where(index(skv) <= index(sq) + 3, tanh(s), 0.0)
+  out: dot(p, v, over=skv)
+rules:
+  mask_skip: off
+"""
+
+
+def test_aligned_tiles_beside_visits_over_real_tiles_and_a_position_mask(tmp_path):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, ONE_HEAD)
+    fired = {d.rule for d in built.plan.decisions if d.applied}
+    assert {"aligned_tiles", "real_tiles_only", "idle_tiles_hold"} <= fired
+    assert built.plan.aligned_tiles == {"skv"} and built.plan.unit_major == ["q", "out"]
+    assert "k, v keep their dense tiles" in built.source
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+
+
 def test_real_tiles_only_keeps_every_segment_of_a_per_segment_output(tmp_path):
     text = """name: scaled_rows
 axes:

@@ -348,15 +348,37 @@ class KernelPrinter:
         lacks are inserted as size-1 dims, so that it lines up by name, not by position."""
         if isinstance(arg, ir.Index) and self.plan.layout(arg):  # an iota laid out for its consumer
             return self.index(arg.axis, self.plan.layout(result), sec)
+        missing = expansion(self.plan.layout(arg), self.plan.layout(result)) if not self.is_static(arg) else []
+        if missing and self.positional(arg):
+            # Positions are computed at the result's rank: Mosaic cannot reshape a 1-D vector
+            # of rows into a column (index(t) < 3, broadcast over d).
+            return self.expr_at(arg, self.plan.layout(result), sec)
         text, prec = self.expr(arg, sec)
-        if self.is_static(arg):
-            return text, prec
-        missing = expansion(self.plan.layout(arg), self.plan.layout(result))
         if not missing:
             return text, prec
         rank = len(self.plan.layout(result))
         index = ", ".join("None" if i in missing else ":" for i in range(rank))
         return f"{self.paren(text, prec, ATOM)}[{index}]", ATOM
+
+    def positional(self, v: ir.Value) -> bool:
+        """Whether `v` is computed from positions (index()) and scalars alone."""
+        def scalar_or_positional(c: ir.Value) -> bool:
+            return self.is_static(c) or isinstance(c, (ir.Extent, ir.RuntimeScalar)) or self.positional(c)
+
+        if isinstance(v, ir.Index):
+            return True
+        return (isinstance(v, ir.Elementwise) and any(self.positional(c) for c in v.args)
+                and all(scalar_or_positional(c) for c in v.args))
+
+    def expr_at(self, v: ir.Value, layout, sec: Section) -> tuple[str, int]:
+        """`v`, a positional value, printed with its iotas at `layout`."""
+        nodes = [w for w in ir.walk(v) if isinstance(w, (ir.Index, ir.Elementwise))]
+        saved = {id(w): self.plan.layouts[id(w)] for w in nodes}
+        try:
+            self.plan.layouts.update({id(w): layout for w in nodes})
+            return self.expr(v, sec)
+        finally:
+            self.plan.layouts.update(saved)
 
     def elementwise(self, v: ir.Elementwise, sec: Section) -> tuple[str, int]:
         if v.fn in BINARY_OPS:
@@ -403,17 +425,26 @@ class KernelPrinter:
         """Where this tile starts along `axis` (the ordered axis by default)."""
         axis = axis or self.ordered
         name = f"{axis}_start"
-        if name not in sec.loaded:
+        if name not in sec.loaded and name not in self.outer_names:
             paged = self.plan.axes[axis].mode == "paged"
             block = f"block_{axis}" if paged else self.need("block_" + axis)
-            if axis in self.plan.aligned_tiles:  # the block's first row, counted from the segment's
-                j = self.k.axes[axis].jagged
-                first = f"{j.offsets}_ref[{j.segment}_index]"
-                sec.indices.append(f"{name} = ({first} // {block} + {axis}_index) * {block} - {first}")
-            else:
-                sec.indices.append(f"{name} = {axis}_index * {block}")
+            sec.indices.append(f"{name} = {self.tile_start_of(axis, f'{axis}_index', block)}")
             sec.loaded.add(name)
         return name
+
+    def tile_start_of(self, axis: str, tile: str, block: str) -> str:
+        """Where tile `tile` of `axis` starts, counted from its segment's first row for a jagged axis."""
+        if axis in self.plan.aligned_tiles:  # the aligned block's first row: before the segment's, for its first
+            j = self.k.axes[axis].jagged
+            first = f"{j.offsets}_ref[{j.segment}_index]"
+            return f"({first} // {block} + {tile}) * {block} - {first}"
+        return f"{tile} * {block}"
+
+    def tile_has_rows(self, axis: str, tile: str, block: str, size: str) -> str:
+        """Whether tile `tile` of a jagged axis holds rows of its segment (an empty one's, none)."""
+        if axis in self.plan.aligned_tiles:
+            return f"jnp.maximum({self.tile_start_of(axis, tile, block)}, 0) < {size}"
+        return f"{tile} * {block} < {size}"
 
     # -- positions
     def grid_index(self, axis: str, sec: Section) -> str:
@@ -427,8 +458,8 @@ class KernelPrinter:
     def block_start(self, axis: str, sec: Section) -> str:
         """The position of this block's first element along a blocked axis (within its segment
         for a jagged axis, within its sequence for a paged one)."""
-        if axis == self.ordered:
-            return self.tile_start(sec)
+        if axis == self.ordered or axis in self.plan.aligned_tiles:
+            return self.tile_start(sec, axis)
         name = f"{axis}_start"
         if name not in sec.loaded:
             index = self.grid_index(axis, sec)
@@ -623,6 +654,13 @@ class KernelPrinter:
             ref = self.output_ref(st.name)
             if st.name in self.plan.unit_major:  # the block keeps the unit dim it is passed with
                 text = f"{self.paren(text, prec, ATOM)}.reshape({ref}.shape)"
+            dims = self.plan.block_dims(self.k.tensors[st.name].dims)
+            for axis in sorted(self.plan.aligned_tiles & set(dims)):
+                # a block two segments share: the rows of the others keep what their visits wrote
+                sec.lines.append(f"# {self.merge_reason(axis)}")
+                self.uses.add("mask_outside")
+                start, size = self.tile_start(sec, axis), self.extent(axis, sec)
+                text = f"_mask_outside({text}, axis={dims.index(axis)}, start={start}, size={size}, fill={ref}[...])"
             sec.lines.append(f"{ref}[...] = {text}")
         else:
             self.update(st, sec)
@@ -756,6 +794,10 @@ class KernelPrinter:
             origin = f"for {acc.synthesized_from}" if acc.synthesized_from else "declared"
             out.append((f"{name}_ref", f"accumulator {name} over {acc.over} ({origin}), {acc.dtype}"))
         return out
+
+    def merge_reason(self, axis: str) -> str:
+        return (f"aligned_tiles: a '{axis}' block that two segments share is visited by both in a row and "
+                "written back once; each writes its own rows and keeps the others'")
 
     def segment_extent(self, axis: str) -> str:
         """This segment's extent of a jagged axis, from its offsets."""

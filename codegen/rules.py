@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from codegen import ir
+
 if TYPE_CHECKING:  # pragma: no cover
     from codegen.plan import Plan
 
@@ -396,96 +398,6 @@ RULES = (*RULES, SnakeOrder())
 RULE_NAMES = tuple(r.name for r in RULES)
 
 
-class AlignedTiles(Rule):
-    name = "aligned_tiles"
-    seed = "megablox gmm, whose row tiles are aligned to the array and shared by the groups they overlap"
-    summary = (
-        "an ordered jagged axis that only inputs carry is walked in blocks aligned to the array, "
-        "each segment visiting the blocks its rows overlap and masking the rows outside it, so a "
-        "tensor with the axis in its last two dims keeps its dense (8, 128) tiles instead of "
-        "being passed with its rows as a major dim, which moves them one row at a time"
-    )
-    shapes = "block_spec"
-
-    def apply(self, plan, enabled):
-        k, axis = plan.ir, plan.ir.ordered_axis
-        if axis is None or plan.axes[axis].mode != "jagged":
-            return [Decision(self.name, "-", False, "no ordered jagged axis")]
-        if not plan.unit.aligns_jagged_tiles:
-            return [Decision(
-                self.name, axis, False,
-                f"the {plan.lowering} lowering runs a pipeline per segment, which would fetch a block that two "
-                "segments share once for each",
-            )]
-        written = [t.name for t in k.outputs if axis in t.dims]
-        if written:
-            return [Decision(
-                self.name, axis, False,
-                f"{', '.join(written)} is written along '{axis}': a block shared by two segments would be "
-                "written by each, and the second write would undo the first",
-            )]
-        if k.passes > 1 or plan.mask_skip or plan.snake_outer:
-            why = (f"'{axis}' is walked in passes" if k.passes > 1 else
-                   f"mask_skip bounds the '{axis}' blocks by positions within a segment" if plan.mask_skip else
-                   f"snake_order walks '{axis}' backwards on alternate tiles")
-            return [Decision(self.name, axis, False, f"{why}: its blocks stay aligned to each segment")]
-        rows = [op.tensor for op in plan.inputs
-                if op.memory == "blocked" and len(k.tensors[op.tensor].dims) >= 2 and k.tensors[op.tensor].dims[-2] == axis]
-        if not rows:
-            return [Decision(self.name, axis, False, f"no input holds '{axis}' in its last two dims: its blocks are dense either way")]
-        if not enabled:
-            return [Decision(
-                self.name, axis, False,
-                f"rule off: '{axis}' blocks start at each segment's first row, so {', '.join(rows)} "
-                f"{'is' if len(rows) == 1 else 'are'} passed with {'its' if len(rows) == 1 else 'their'} "
-                f"'{axis}' rows as a major dim",
-            )]
-        plan.aligned_tiles.add(axis)
-        return [Decision(
-            self.name, axis, True,
-            f"'{axis}' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to "
-            f"its rows on both sides, and {', '.join(rows)} {'keeps its' if len(rows) == 1 else 'keep their'} dense "
-            "tiles, not one row per DMA",
-        )]
-
-
-RULES = (*RULES, AlignedTiles())
-RULE_NAMES = tuple(r.name for r in RULES)
-
-
-class LastBlockMask(Rule):
-    name = "last_block_mask"
-    seed = "JAX's Pallas kernels, which mask a block only where it overhangs the array"
-    summary = (
-        "a tail mask on the ordered axis is computed only on the block that overhangs the axis's end "
-        "(lax.cond on the block's start); every other block goes to its reduction as it is; "
-        "off unless a spec or its tune entry turns it on"
-    )
-    shapes = "mask"
-    # The compiler's estimate charges the branch more than the masks it saves on the other
-    # blocks (bmm, attention: benchmarks/rule_effects_results.md), so `tune` decides.
-    on_by_default = False
-
-    def apply(self, plan, enabled):
-        ordered = plan.ir.ordered_axis
-        if ordered is None or ordered not in plan.ragged_axes:
-            return [Decision(self.name, "-", False, "no ordered axis walked in blocks")]
-        if ordered in plan.aligned_tiles:
-            return [Decision(self.name, ordered, False, f"'{ordered}' blocks are aligned to the array: a segment's first block can overhang it too")]
-        if not enabled:
-            return [Decision(self.name, ordered, False, f"rule off: every '{ordered}' block computes its tail mask, which is all-true on all but the last")]
-        plan.last_block_masks.add(ordered)
-        return [Decision(
-            self.name, ordered, True,
-            f"only the last '{ordered}' block can overhang its extent, so the tail masks run under "
-            "lax.cond on that block alone; the others skip the iota, compare and select",
-        )]
-
-
-RULES = (*RULES, LastBlockMask())
-RULE_NAMES = tuple(r.name for r in RULES)
-
-
 class IdleTilesHold(Rule):
     name = "idle_tiles_hold"
     seed = "megablox gmm, whose grid visits a group's real tiles only"
@@ -569,4 +481,125 @@ class RealTilesOnly(Rule):
 
 
 RULES = (*RULES, RealTilesOnly())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class AlignedTiles(Rule):
+    name = "aligned_tiles"
+    seed = "megablox gmm, whose row tiles are aligned to the array and shared by the groups they overlap"
+    summary = (
+        "a jagged axis is walked in blocks aligned to the array, each segment visiting the blocks "
+        "its rows overlap and masking the rows outside it, so a tensor with the axis in its last "
+        "two dims keeps its dense (8, 128) tiles instead of being passed with its rows as a major "
+        "dim, which moves them one row at a time; an output's block that two segments share is "
+        "visited by both in a row and written back once, each writing only its own rows"
+    )
+    shapes = "block_spec"
+
+    def apply(self, plan, enabled):
+        jagged = [a for a in plan.pipeline_grid if plan.axes[a].mode == "jagged"]
+        if not jagged:
+            return [Decision(self.name, "-", False, "no jagged axis in a pipeline grid")]
+        return [self.decide(plan, axis, enabled) for axis in jagged]
+
+    def decide(self, plan, axis, enabled) -> Decision:
+        k = plan.ir
+        if not plan.unit.aligns_jagged_tiles:
+            return Decision(
+                self.name, axis, False,
+                f"the {plan.lowering} lowering runs a pipeline per segment, which would fetch a block that two "
+                "segments share once for each",
+            )
+        ordered = axis == k.ordered_axis
+        written = [t.name for t in k.outputs if axis in t.dims]
+        if ordered and written:
+            return Decision(
+                self.name, axis, False,
+                f"{', '.join(written)} is written along '{axis}', the ordered axis: a block shared by two "
+                "segments would be written back after each, and the second write would undo the first",
+            )
+        if not ordered:
+            reduced = sorted({v.kind if isinstance(v, ir.Reduce) else "dot" for st in k.statements
+                              for v in ir.walk(st.value) if isinstance(v, (ir.Reduce, ir.Dot)) and v.axis == axis})
+            if reduced:
+                return Decision(
+                    self.name, axis, False,
+                    f"{', '.join(reduced)} over '{axis}' needs each segment's rows in blocks of their own",
+                )
+            # One segment's last block and the next one's first must be visited in a row: no
+            # axis an output varies over may be walked between them.
+            grid, segment = plan.pipeline_grid, k.axes[axis].jagged.segment
+            folded = plan.visited_tiles == (segment, axis)
+            between = grid[grid.index(axis if folded or segment not in grid else segment) + 1:]
+            moved = {d for t in k.outputs if axis in t.dims for d in t.dims if d in between and d != axis}
+            if moved:
+                return Decision(
+                    self.name, axis, False,
+                    f"outputs vary over {', '.join(sorted(moved))}, walked between one '{segment}' and the next, "
+                    f"so two segments' visits to a shared '{axis}' block would not follow each other",
+                )
+        if k.passes > 1 or (plan.mask_skip and axis in (plan.mask_skip.axis, *plan.mask_skip.axes)) or plan.snake_outer == axis:
+            why = (f"'{k.ordered_axis}' is walked in passes" if k.passes > 1 else
+                   "mask_skip bounds blocks by positions within a segment" if plan.snake_outer != axis else
+                   f"snake_order walks its ordered axis backwards on alternate '{axis}' tiles")
+            return Decision(self.name, axis, False, f"{why}: '{axis}' blocks stay aligned to each segment")
+        operands = [(op, "in") for op in plan.inputs if op.memory == "blocked"] + [(op, "out") for op in plan.outputs]
+        rows = [op.tensor for op, _ in operands
+                if len(k.tensors[op.tensor].dims) >= 2 and k.tensors[op.tensor].dims[-2] == axis]
+        if not rows:
+            return Decision(self.name, axis, False, f"no tensor holds '{axis}' in its last two dims: its blocks are dense either way")
+        if not enabled:
+            return Decision(
+                self.name, axis, False,
+                f"rule off: '{axis}' blocks start at each segment's first row, so {', '.join(rows)} "
+                f"{'is' if len(rows) == 1 else 'are'} passed with {'its' if len(rows) == 1 else 'their'} "
+                f"'{axis}' rows as a major dim",
+            )
+        plan.aligned_tiles.add(axis)
+        if written:
+            masked = (f"writing only its own rows of {', '.join(written)}: a block two segments share is visited "
+                      "by both in a row and written back once")
+        else:
+            masked = "masked to its rows on both sides"
+        return Decision(
+            self.name, axis, True,
+            f"'{axis}' blocks are aligned to the array: a segment visits the blocks its rows overlap, {masked}; "
+            f"{', '.join(rows)} {'keeps its' if len(rows) == 1 else 'keep their'} dense tiles, not one row per DMA",
+        )
+
+
+RULES = (*RULES, AlignedTiles())
+RULE_NAMES = tuple(r.name for r in RULES)
+
+
+class LastBlockMask(Rule):
+    name = "last_block_mask"
+    seed = "JAX's Pallas kernels, which mask a block only where it overhangs the array"
+    summary = (
+        "a tail mask on the ordered axis is computed only on the block that overhangs the axis's end "
+        "(lax.cond on the block's start); every other block goes to its reduction as it is; "
+        "off unless a spec or its tune entry turns it on"
+    )
+    shapes = "mask"
+    # The compiler's estimate charges the branch more than the masks it saves on the other
+    # blocks (bmm, attention: benchmarks/rule_effects_results.md), so `tune` decides.
+    on_by_default = False
+
+    def apply(self, plan, enabled):
+        ordered = plan.ir.ordered_axis
+        if ordered is None or ordered not in plan.ragged_axes:
+            return [Decision(self.name, "-", False, "no ordered axis walked in blocks")]
+        if ordered in plan.aligned_tiles:
+            return [Decision(self.name, ordered, False, f"'{ordered}' blocks are aligned to the array: a segment's first block can overhang it too")]
+        if not enabled:
+            return [Decision(self.name, ordered, False, f"rule off: every '{ordered}' block computes its tail mask, which is all-true on all but the last")]
+        plan.last_block_masks.add(ordered)
+        return [Decision(
+            self.name, ordered, True,
+            f"only the last '{ordered}' block can overhang its extent, so the tail masks run under "
+            "lax.cond on that block alone; the others skip the iota, compare and select",
+        )]
+
+
+RULES = (*RULES, LastBlockMask())
 RULE_NAMES = tuple(r.name for r in RULES)

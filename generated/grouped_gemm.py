@@ -27,6 +27,12 @@ def _mask_tail(x, axis, start, size, fill):
     return jnp.where(position < size, x, fill)
 
 
+def _mask_outside(x, axis, start, size, fill):
+    """`x` with `fill` wherever its position along `axis`, counted from `start`, is before 0 or at or past `size`."""
+    position = start + lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    return jnp.where((position >= 0) & (position < size), x, fill)
+
+
 def _bounded_tile(tile, block, size):
     """Elements of `tile` along an axis of `size`, as the pl.ds of a pl.BoundedSlice block.
 
@@ -46,30 +52,35 @@ def _tile_padded(size, tile, interpret):
     return size if interpret is False else -(-size // tile) * tile
 
 
-def _jagged_tile(offsets_ref, segment, tile, block):
-    """Rows of `tile` within `segment`, as the pl.ds of a pl.BoundedSlice block.
+def _aligned_tile(offsets_ref, segment, tile, block):
+    """Block `tile` of those that `segment`'s rows overlap, blocks being aligned to the array,
+    as the pl.ds of a pl.BoundedSlice block.
 
-    A tile past the segment's end is clamped to the segment's last tile, so its block
-    repeats the one before it and the pipeline moves no data for it. An empty segment
-    gets no rows, at a start kept inside the array.
+    Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the kernel
+    masks the rows of neighbouring segments in it, or keeps what their own visits write
+    there. A tile past the segment's last block
+    is clamped to it, so its block repeats the one before it and the pipeline moves no data
+    for it. An empty segment gets the block its offset falls in, kept inside the array.
     """
     start = offsets_ref[segment]
     end = offsets_ref[segment + 1]
-    last_tile = jnp.maximum(pl.cdiv(end - start, block) - 1, 0)
-    tile_start = start + jnp.minimum(tile, last_tile) * block
-    rows = jnp.clip(end - tile_start, 0, block)
+    first = start // block
+    last = jnp.maximum(pl.cdiv(end, block) - 1, first)
     total = offsets_ref[offsets_ref.shape[0] - 1]
-    return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
+    aligned = (
+        jnp.minimum(first + tile, jnp.minimum(last, jnp.maximum(pl.cdiv(total, block) - 1, 0)))
+        * block
+    )
+    return pl.ds(pl.multiple_of(aligned, block), jnp.clip(total - aligned, 1, block))
 
 
-def _visited_tiles(offsets, block, visits):
+def _visited_tiles(tiles, visits):
     """The segment and the tile of each of `visits` pipeline steps over a jagged axis's real
-    tiles: each segment's tiles in order, an empty segment's none.
+    tiles, segment i having tiles[i]: each segment's tiles in order, an empty segment's none.
 
     The steps past the last real tile stay in its segment, on tiles past the segment's end,
     so they do no work and their blocks repeat the last real one's: nothing is fetched.
     """
-    tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
     ends = jnp.cumsum(tiles)
     visit = jnp.arange(visits, dtype=jnp.int32)
     # Compares and sums rather than a search and a gather: libtpu's profiler aborts on the
@@ -206,7 +217,10 @@ def _grouped_gemm_kernel(
         # real_tiles_only: 'g' and 't' tiles fold into one axis over the real tiles; each visit's segment and tile come from scalar-prefetched maps, and the few visits past the last real tile do nothing
         g_index, t_index = t_visit_segment_ref[t_visit], t_visit_tile_ref[t_visit]
         t_size = group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]
-        tile_valid = t_index * block_t < t_size  # a tile past its segment's end does no work
+        t_start = (group_offsets_ref[g_index] // block_t + t_index) * block_t - group_offsets_ref[
+            g_index
+        ]
+        tile_valid = jnp.maximum(t_start, 0) < t_size  # a tile past its segment's end does no work
 
         @pl.when(k_index == 0)
         def _init():
@@ -215,23 +229,32 @@ def _grouped_gemm_kernel(
         k_start = k_index * block_k
 
         def step():
+            lhs = lhs_ref[...]
             rhs = rhs_ref[...]
-            lhs = _mask_tail(lhs_ref[...], axis=2, start=k_start, size=k, fill=0.0).reshape(
-                lhs_ref.shape[:-2] + lhs_ref.shape[-1:]
-            )
+            lhs_masked = _mask_tail(lhs, axis=1, start=k_start, size=k, fill=0.0)
             rhs_masked = _mask_tail(rhs, axis=0, start=k_start, size=k, fill=0.0)
-            out_acc_ref[...] += jnp.dot(lhs, rhs_masked, preferred_element_type=jnp.float32)
+            out_acc_ref[...] += jnp.dot(lhs_masked, rhs_masked, preferred_element_type=jnp.float32)
 
         lax.cond(tile_valid, step, lambda: None)
 
         @pl.when(tile_valid & (k_index == num_k_tiles - 1))
         def _finalize():
-            out_ref[...] = out_acc_ref[...].reshape(out_ref.shape)
+            # aligned_tiles: a 't' block that two segments share is visited by both in a row and written back once; each writes its own rows and keeps the others'
+            out_ref[...] = _mask_outside(
+                out_acc_ref[...], axis=0, start=t_start, size=t_size, fill=out_ref[...]
+            )
 
     def k_index_held(g_index, n_index, t_index, k_index):
         # idle_tiles_hold: a 't' tile past its segment's end holds 'k' at its last block, where the tile before it ended, so its steps fetch no block of lhs, rhs
         return jnp.where(
-            (t_index * block_t < group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]),
+            (
+                jnp.maximum(
+                    (group_offsets_ref[g_index] // block_t + t_index) * block_t
+                    - group_offsets_ref[g_index],
+                    0,
+                )
+                < group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]
+            ),
             k_index,
             num_k_tiles - 1,
         )
@@ -240,8 +263,7 @@ def _grouped_gemm_kernel(
         g_index = t_visit_segment_ref[t_visit]
         t_index = t_visit_tile_ref[t_visit]
         return (
-            _jagged_tile(group_offsets_ref, g_index, t_index, block_t),
-            0,
+            _aligned_tile(group_offsets_ref, g_index, t_index, block_t),
             _bounded_tile(k_index_held(g_index, n_index, t_index, k_index), block_k, k),
         )
 
@@ -258,8 +280,7 @@ def _grouped_gemm_kernel(
         g_index = t_visit_segment_ref[t_visit]
         t_index = t_visit_tile_ref[t_visit]
         return (
-            _jagged_tile(group_offsets_ref, g_index, t_index, block_t),
-            0,
+            _aligned_tile(group_offsets_ref, g_index, t_index, block_t),
             _bounded_tile(n_index, block_n, n),
         )
 
@@ -268,12 +289,14 @@ def _grouped_gemm_kernel(
         body,
         grid=(num_n_tiles, num_t_visits, num_k_tiles),
         in_specs=[
-            pl.BlockSpec((pl.BoundedSlice(block_t), 1, pl.BoundedSlice(block_k)), lhs_index_map),
+            # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, writing only its own rows of out: a block two segments share is visited by both in a row and written back once; lhs, out keep their dense tiles, not one row per DMA
+            pl.BlockSpec((pl.BoundedSlice(block_t), pl.BoundedSlice(block_k)), lhs_index_map),
             pl.BlockSpec((None, pl.BoundedSlice(block_k), pl.BoundedSlice(block_n)), rhs_index_map),
         ],
         out_specs=[
             # output_only: 'out' is written but never read: output only (out_shape), no input, no alias
-            pl.BlockSpec((pl.BoundedSlice(block_t), 1, pl.BoundedSlice(block_n)), out_index_map),
+            # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, writing only its own rows of out: a block two segments share is visited by both in a row and written back once; lhs, out keep their dense tiles, not one row per DMA
+            pl.BlockSpec((pl.BoundedSlice(block_t), pl.BoundedSlice(block_n)), out_index_map),
         ],
         dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL, pltpu.ARBITRARY),
         _explicit_indices=True,
@@ -322,7 +345,6 @@ def grouped_gemm(
     _check_input("lhs", lhs, (t, k), jnp.bfloat16)
     _check_input("rhs", rhs, (g, k, n), jnp.bfloat16)
     _check_input("group_offsets", group_offsets, (g + 1,), jnp.int32)
-    lhs = lhs.reshape(t, 1, k)  # its jagged rows as a major dim
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("group_offsets", group_offsets, t, "max_group_size", max_group_size)
     block_n = _block_size("block_n", block_n, n, 128)
@@ -331,11 +353,20 @@ def grouped_gemm(
     if t == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((t, n), jnp.float32)
     num_n_tiles = pl.cdiv(n, block_n)
-    num_t_tiles = pl.cdiv(max_group_size, block_t)
+    num_t_tiles = pl.cdiv(max_group_size + block_t - 1, block_t)
     num_k_tiles = pl.cdiv(k, block_k)
     # real_tiles_only: the pipeline visits the real 't' tiles of every segment, and no others
-    num_t_visits = min(g * num_t_tiles, (t + g * (block_t - 1)) // block_t)
-    t_visit_segment, t_visit_tile = _visited_tiles(group_offsets, block_t, num_t_visits)
+    num_t_visits = min(g * num_t_tiles, pl.cdiv(t, block_t) + g - 1)
+    # aligned_tiles: each segment visits the aligned blocks its rows overlap
+    t_tiles = jnp.where(
+        group_offsets[1:] > group_offsets[:-1],
+        (group_offsets[1:] - 1) // block_t - group_offsets[:-1] // block_t + 1,
+        0,
+    )
+    t_visit_segment, t_visit_tile = _visited_tiles(t_tiles, num_t_visits)
+    # a bounded block's last DMA reads to its tile's edge: a TPU's tiled HBM layout holds that padding, the interpreter's arrays do not
+    if interpret is not False:
+        lhs = jnp.pad(lhs, ((0, -lhs.shape[0] % 16), (0, 0)))
     kernel = functools.partial(
         _grouped_gemm_kernel,
         block_t=block_t,
@@ -370,9 +401,11 @@ def grouped_gemm(
                     pltpu.VMEM((block_t, block_n), jnp.float32),  # out_acc_ref
                 ],
             ),
-            out_shape=jax.ShapeDtypeStruct((t, 1, _tile_padded(n, 128, interpret)), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct(
+                (_tile_padded(t, 8, interpret), _tile_padded(n, 128, interpret)), jnp.float32
+            ),
             compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
             cost_estimate=cost,
             interpret=_interpret_mode(interpret),
         )(group_offsets, t_visit_segment, t_visit_tile, lhs, rhs)
-        return out[:, :, :n].reshape(t, n)
+        return out[:t, :n]

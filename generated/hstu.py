@@ -50,14 +50,13 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
-def _visited_tiles(offsets, block, visits):
+def _visited_tiles(tiles, visits):
     """The segment and the tile of each of `visits` pipeline steps over a jagged axis's real
-    tiles: each segment's tiles in order, an empty segment's none.
+    tiles, segment i having tiles[i]: each segment's tiles in order, an empty segment's none.
 
     The steps past the last real tile stay in its segment, on tiles past the segment's end,
     so they do no work and their blocks repeat the last real one's: nothing is fetched.
     """
-    tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
     ends = jnp.cumsum(tiles)
     visit = jnp.arange(visits, dtype=jnp.int32)
     # Compares and sums rather than a search and a gather: libtpu's profiler aborts on the
@@ -212,10 +211,8 @@ def _hstu_kernel(
                 q_t, k_t, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32
             )
             p = jnp.where(
-                (
-                    skv_start + lax.broadcasted_iota(jnp.int32, (1, block_skv), 1)
-                    <= sq_start + lax.broadcasted_iota(jnp.int32, (block_sq, 1), 0)
-                )[None, :, :],
+                skv_start + lax.broadcasted_iota(jnp.int32, (1, 1, block_skv), 2)
+                <= sq_start + lax.broadcasted_iota(jnp.int32, (1, block_sq, 1), 1),
                 _silu(ALPHA * s) / max_seq_len,
                 0,
             ).astype(jnp.bfloat16)
@@ -342,7 +339,8 @@ def hstu(
     num_skv_tiles = pl.cdiv(max_seq_len, block_skv)
     # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
     num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
-    sq_visit_segment, sq_visit_tile = _visited_tiles(seq_offsets, block_sq, num_sq_visits)
+    sq_tiles = pl.cdiv(jnp.maximum(seq_offsets[1:] - seq_offsets[:-1], 0), block_sq)
+    sq_visit_segment, sq_visit_tile = _visited_tiles(sq_tiles, num_sq_visits)
     kernel = functools.partial(
         _hstu_kernel,
         block_sq=block_sq,

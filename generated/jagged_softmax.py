@@ -43,14 +43,13 @@ def _jagged_tile(offsets_ref, segment, tile, block):
     return pl.ds(jnp.minimum(tile_start, jnp.maximum(total - 1, 0)), rows)
 
 
-def _visited_tiles(offsets, block, visits):
+def _visited_tiles(tiles, visits):
     """The segment and the tile of each of `visits` pipeline steps over a jagged axis's real
-    tiles: each segment's tiles in order, an empty segment's none.
+    tiles, segment i having tiles[i]: each segment's tiles in order, an empty segment's none.
 
     The steps past the last real tile stay in its segment, on tiles past the segment's end,
     so they do no work and their blocks repeat the last real one's: nothing is fetched.
     """
-    tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block)
     ends = jnp.cumsum(tiles)
     visit = jnp.arange(visits, dtype=jnp.int32)
     # Compares and sums rather than a search and a gather: libtpu's profiler aborts on the
@@ -247,7 +246,8 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, debug=False, interpr
     num_t_tiles = pl.cdiv(max_seq_len, block_t)
     # real_tiles_only: the pipeline visits the real 't' tiles of every segment, and no others
     num_t_visits = min(b * num_t_tiles, (t + b * (block_t - 1)) // block_t)
-    t_visit_segment, t_visit_tile = _visited_tiles(offsets, block_t, num_t_visits)
+    t_tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block_t)
+    t_visit_segment, t_visit_tile = _visited_tiles(t_tiles, num_t_visits)
     kernel = functools.partial(
         _jagged_softmax_kernel, block_t=block_t, num_t_visits=num_t_visits, h=h
     )

@@ -29,8 +29,9 @@ def _aligned_tile(offsets_ref, segment, tile, block):
     """Block `tile` of those that `segment`'s rows overlap, blocks being aligned to the array,
     as the pl.ds of a pl.BoundedSlice block.
 
-    Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the rows of
-    neighbouring segments in it are masked by the kernel. A tile past the segment's last block
+    Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the kernel
+    masks the rows of neighbouring segments in it, or keeps what their own visits write
+    there. A tile past the segment's last block
     is clamped to it, so its block repeats the one before it and the pipeline moves no data
     for it. An empty segment gets the block its offset falls in, kept inside the array.
     """
@@ -189,7 +190,7 @@ def _segment_mean_kernel(
         body,
         grid=(b, num_t_tiles),
         in_specs=[
-            # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to its rows on both sides, and x keeps its dense tiles, not one row per DMA
+            # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, masked to its rows on both sides; x keeps its dense tiles, not one row per DMA
             pl.BlockSpec((pl.BoundedSlice(block_t), d), x_index_map),
         ],
         out_specs=[

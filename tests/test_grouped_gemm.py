@@ -134,28 +134,40 @@ def test_tiles_past_a_groups_end_fetch_nothing(tmp_path, variant):
 
 
 def real_tiles(sizes, block):
-    return [(g, i) for g, size in enumerate(sizes) for i in range(-(-size // block))]
+    """Each group's row blocks, aligned to the array (aligned_tiles): those its rows overlap."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return [(g, i) for g, (start, end) in enumerate(zip(offsets[:-1], offsets[1:]))
+            for i in range((end - 1) // block - start // block + 1 if end > start else 0)]
 
 
-@pytest.mark.parametrize("sizes", [[3 * BLOCK_T, 1, 0, BLOCK_T + 1], [0, 0, 5], [0, BLOCK_T, 0], [BLOCK_T] * 4, [7]])
+def visit_count(sizes, block):
+    """The visits the entry point launches: at most one shared block per group boundary."""
+    g, total = len(sizes), sum(sizes)
+    return min(g * -(-(max(sizes) + block - 1) // block), -(-total // block) + g - 1)
+
+
+@pytest.mark.parametrize("sizes", [[3 * BLOCK_T, 1, 0, BLOCK_T + 1], [0, 0, 5], [0, BLOCK_T, 0], [BLOCK_T] * 4, [7],
+                                   [5, 5, 5, 40, 1]])
 def test_visits_are_each_groups_real_tiles_in_order(sizes):
     """real_tiles_only's maps: every real tile once, group by group, empty groups skipped;
     the visits after them stay in the last real tile's group, past its end (they do nothing)."""
     mod = checked_in_module("grouped_gemm")
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
-    g, total = len(sizes), int(offsets[-1])
-    visits = min(g * -(-max(sizes) // BLOCK_T), (total + g * (BLOCK_T - 1)) // BLOCK_T)
-    segment, tile = (np.asarray(a) for a in mod._visited_tiles(jnp.asarray(offsets), BLOCK_T, visits))
     real = real_tiles(sizes, BLOCK_T)
+    tiles = np.bincount([g for g, _ in real], minlength=len(sizes)).astype(np.int32)
+    visits = visit_count(sizes, BLOCK_T)
+    segment, tile = (np.asarray(a) for a in mod._visited_tiles(jnp.asarray(tiles), visits))
     assert len(real) <= visits == len(segment) == len(tile)
     assert list(zip(segment.tolist(), tile.tolist()))[: len(real)] == real
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
     for s, i in zip(segment[len(real):], tile[len(real):]):
-        assert s == real[-1][0] and i * BLOCK_T >= sizes[s]
+        assert s == real[-1][0] and (offsets[s] // BLOCK_T + i) * BLOCK_T >= offsets[s + 1]
 
 
 def test_the_pipeline_steps_over_real_tiles_only(tmp_path):
     """real_tiles_only: a group's tiles past its end and an empty group launch no pipeline
-    step, however large max_group_size; off, every group launches cdiv(max, block) tiles."""
+    step, however large max_group_size; off, every group launches cdiv(max, block) tiles.
+    Both with blocks that start at each group's first row, which off has anyway (n is walked
+    between one group and the next, so aligned_tiles stands down)."""
     import sys
 
     from conftest import ROOT, with_rule
@@ -165,18 +177,50 @@ def test_the_pipeline_steps_over_real_tiles_only(tmp_path):
 
     sizes = [3 * BLOCK_T, 1, 0, BLOCK_T + 1]
     lhs, rhs, offsets = inputs(sizes)
-    on = checked_in_module("grouped_gemm")
-    off = load_module(build_text(tmp_path, with_rule(SPEC, "real_tiles_only", "off")).source, "grouped_gemm")
+    segment_aligned = with_rule(SPEC, "aligned_tiles", "off")
+    on = build_text(tmp_path, segment_aligned)
+    off = build_text(tmp_path, with_rule(segment_aligned, "real_tiles_only", "off"))
+    assert on.plan.visited_tiles and not off.plan.visited_tiles
+    assert not on.plan.aligned_tiles and not off.plan.aligned_tiles
     traffic = {}
-    for name, mod in (("on", on), ("off", off)):
+    for name, built in (("on", on), ("off", off)):
         with counting_traffic() as traffic[name]:
-            got = mod.grouped_gemm(lhs, rhs, jnp.asarray(offsets), max_group_size=6 * BLOCK_T, block_t=BLOCK_T,
-                                   interpret=interpret_params(traffic[name]))
+            got = load_module(built.source, "grouped_gemm").grouped_gemm(
+                lhs, rhs, jnp.asarray(offsets), max_group_size=6 * BLOCK_T, block_t=BLOCK_T,
+                interpret=interpret_params(traffic[name]))
         np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)
     n_tiles, k_tiles = -(-N // 128), -(-K // 128)
     # 6 real row tiles, and one visit over (each group adds at most one partial tile)
-    assert traffic["on"].pipeline_grid == (n_tiles, len(real_tiles(sizes, BLOCK_T)) + 1, k_tiles)
+    assert traffic["on"].pipeline_grid == (n_tiles, 7, k_tiles)
     assert traffic["off"].pipeline_grid == (len(sizes), n_tiles, 6, k_tiles)
     # idle_tiles_hold keeps a launched idle tile from walking K, but the empty group's tile
     # still moves onto that group's rhs block: never visited, it fetches nothing
     assert traffic["on"].hbm_to_vmem < traffic["off"].hbm_to_vmem
+
+
+def test_groups_share_aligned_row_blocks(tmp_path):
+    """aligned_tiles: the visits walk the row blocks of the array, a block two groups share
+    once for each (block 3 here, groups 1 and 3 around the empty group 2), and every row of
+    out is written by its own group's visit and kept by the other's."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dma_traffic import counting_traffic, interpret_params
+
+    sizes = [3 * BLOCK_T, 1, 0, BLOCK_T + 1]
+    traffic = {}
+    for name, groups in (("shared", sizes), ("one group", [sum(sizes)])):
+        lhs, rhs, offsets = inputs(groups, seed=3)
+        with counting_traffic() as traffic[name]:
+            got = checked_in_module("grouped_gemm").grouped_gemm(
+                lhs, rhs, jnp.asarray(offsets), max_group_size=6 * BLOCK_T, block_t=BLOCK_T,
+                interpret=interpret_params(traffic[name]))
+        np.testing.assert_allclose(np.asarray(got), reference(lhs, rhs, offsets), rtol=1e-5, atol=1e-3)
+    assert real_tiles(sizes, BLOCK_T) == [(0, 0), (0, 1), (0, 2), (1, 0), (3, 0), (3, 1)]
+    assert len(real_tiles(sizes, BLOCK_T)) == 6 and visit_count(sizes, BLOCK_T) == 8
+    assert traffic["shared"].pipeline_grid == (-(-N // 128), 8, -(-K // 128))
+    # out's 5 row blocks are each written back once per n block, the shared one too: as
+    # many bytes as one group over the same rows, which shares no block
+    assert traffic["shared"].vmem_to_hbm == traffic["one group"].vmem_to_hbm

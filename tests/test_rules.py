@@ -202,7 +202,12 @@ def test_aligned_tiles_on_and_off(tmp_path):
     grid = build_text(tmp_path, with_rule("segment_sum", "aligned_tiles", "on") + "lowering: grid\n")
     assert "runs a pipeline per segment" in format_plan(grid.plan) and grid.plan.aligned_tiles == set()
     heads = build_text(tmp_path, with_rule("gdpa_jagged", "aligned_tiles", "on"))
-    assert "no input holds 'skv' in its last two dims" in format_plan(heads.plan)
+    assert "no tensor holds 'skv' in its last two dims" in format_plan(heads.plan)
+    softmax = build_text(tmp_path, with_rule("jagged_softmax", "aligned_tiles", "on"))  # t parallel, held whole
+    assert "max, sum over 't' needs each segment's rows in blocks of their own" in format_plan(softmax.plan)
+    gemm = build_text(tmp_path, add_rule(with_rule("grouped_gemm", "aligned_tiles", "on"), "real_tiles_only", "off"))
+    assert "outputs vary over n, walked between one 'g' and the next" in format_plan(gemm.plan)
+    assert gemm.plan.aligned_tiles == softmax.plan.aligned_tiles == set()
 
 
 # Per segment, the sum of exp(x) over its rows, kept stable by a running max (an online
@@ -239,9 +244,10 @@ def test_aligned_tiles_run_on_verifys_edge_cases(tmp_path, state):
     assert any("t=[0, " in line for line in log)  # an empty segment was among the cases
 
 
-# Jagged attention with one head, so K and V hold 'skv' in their last two dims: aligned
-# 'skv' blocks beside real_tiles_only's visits over 'sq' tiles, idle_tiles_hold, and a
-# mask on positions within the segment (mask_skip off, which would keep the blocks per segment).
+# Jagged attention with one head, so Q, K, V and out hold their rows in their last two dims:
+# aligned 'skv' blocks beside real_tiles_only's visits over aligned 'sq' blocks (out's writes
+# merged), idle_tiles_hold, and a mask on positions within the segment (mask_skip off, which
+# would keep the blocks per segment).
 ONE_HEAD = """name: one_head
 axes:
   b: {}
@@ -270,8 +276,9 @@ def test_aligned_tiles_beside_visits_over_real_tiles_and_a_position_mask(tmp_pat
     built = build_text(tmp_path, ONE_HEAD)
     fired = {d.rule for d in built.plan.decisions if d.applied}
     assert {"aligned_tiles", "real_tiles_only", "idle_tiles_hold"} <= fired
-    assert built.plan.aligned_tiles == {"skv"} and built.plan.unit_major == ["q", "out"]
-    assert "k, v keep their dense tiles" in built.source
+    assert built.plan.aligned_tiles == {"sq", "skv"} and built.plan.unit_major == []
+    assert "k, v keep their dense tiles" in built.source and "q, out keep their dense tiles" in built.source
+    assert "fill=out_ref[...]" in built.source
     log = []
     assert verify_built(built, log=log.append), "\n".join(log)
 
@@ -396,3 +403,65 @@ def test_every_rule_is_measured_by_rule_effects_or_says_why_not():
     measured = {pair.rule for pair in PAIRS}
     assert {r.name for r in RULES} - measured - set(NOT_MEASURED) == set()
     assert measured & set(NOT_MEASURED) == set()
+
+
+# Jagged rows scaled per segment, with a position mask and no ordered axis: the rows are
+# written in blocks aligned to the array, each segment's visit merging its rows into a
+# block it may share with its neighbours; and a major-dim output along the same axis.
+SEGMENT_ROWS_SCALED = """name: segment_rows_scaled
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
+  h: {max: 4}
+  d: {max: 256}
+tensors:
+  x: {dims: [t, d], dtype: float32}
+  w: {dims: [b, d], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  out: {dims: [t, d], dtype: float32}
+  heads: {dims: [t, h, d], dtype: float32}
+compute:
+  out: where(index(t) < 3, x * w, -x)
+  heads: x * w + index(h)
+"""
+
+
+@pytest.mark.parametrize("state", ["on", "off"])
+def test_aligned_tiles_merge_the_writes_of_segments_that_share_a_block(tmp_path, state):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, add_rule(SEGMENT_ROWS_SCALED, "aligned_tiles", state))
+    assert built.plan.aligned_tiles == ({"t"} if state == "on" else set())
+    if state == "on":
+        assert built.plan.unit_major == [] and built.plan.visited_tiles == ("b", "t")
+        for name in ("out", "heads"):
+            assert f"{name}_ref[...] = _mask_outside(" in built.source and f"fill={name}_ref[...]" in built.source
+    else:
+        assert built.plan.unit_major == ["x", "out"]
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+    assert any("t=[0, " in line for line in log)  # an empty segment was among the cases
+
+
+def test_positions_broadcast_over_other_dims_are_computed_at_their_rank(tmp_path):
+    """index(t) < 3, used against [t, d] values: the iota is [block_t, 1], not a 1-D vector
+    of rows reshaped into a column, which Mosaic refuses (`unsupported shape cast`)."""
+    built = build_text(tmp_path, SEGMENT_ROWS_SCALED)
+    assert "t_start + lax.broadcasted_iota(jnp.int32, (block_t, 1), 0) < 3," in built.source
+    assert "(block_t,), 0)" not in built.source
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e", "v7x"])
+@pytest.mark.parametrize("text", [SEGMENT_ROWS_SCALED, ONE_HEAD], ids=["segment_rows_scaled", "one_head"])
+def test_aligned_tiles_kernels_compile_for_every_chip(tmp_path, text, chip):
+    """Merged writes of aligned blocks of jagged rows, and the position masks beside them,
+    through the real compiler."""
+    from codegen.tpu_compile import compile_kernels, libtpu_installed
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+    built = build_text(tmp_path, text)
+    assert built.plan.aligned_tiles
+    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
+    assert all(r.ok for r in results), [r.error[:300] for r in results]

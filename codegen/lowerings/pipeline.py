@@ -81,7 +81,9 @@ class _Pipeline(Lowering):
             dims = plan.kernel_dims(op.tensor)
             padded = []
             for position in (len(dims) - 2, len(dims) - 1):
-                if position >= 0 and dims[position] != "1" and plan.axes[dims[position]].mode == "tiled":
+                if position < 0 or dims[position] == "1":
+                    continue
+                if plan.axes[dims[position]].mode == "tiled" or dims[position] in plan.aligned_tiles:
                     padded.append((position, LANES if position == len(dims) - 1 else sublane_tile(t.dtype)))
             if padded:
                 plan.tile_padded_outputs[op.tensor] = padded
@@ -121,8 +123,14 @@ class _Pipeline(Lowering):
         for a in plan.jagged_parallel_axes:
             body.append(f"{a}_size = {p.segment_extent(a)}")
             p.outer_names.add(f"{a}_size")
-            parallel_checks.append(f"{a}_index * {p.need('block_' + a)} < {a}_size")
-            idle_checks.append(f"({a}_index * block_{a} < {p.segment_extent(a)})")
+            block = p.need("block_" + a)
+            if a in plan.aligned_tiles:  # a segment's first block may start before its rows
+                body.append(f"{a}_start = {p.tile_start_of(a, f'{a}_index', block)}")
+                p.outer_names.add(f"{a}_start")
+                parallel_checks.append(f"jnp.maximum({a}_start, 0) < {a}_size")
+            else:
+                parallel_checks.append(f"{a}_index * {block} < {a}_size")
+            idle_checks.append(f"({p.tile_has_rows(a, f'{a}_index', block, p.segment_extent(a))})")
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)
             body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")
@@ -255,12 +263,25 @@ class _Pipeline(Lowering):
             segment, axis = p.visited_tiles
             offsets = p.ir.axes[axis].jagged.offsets
             bound = f"{segment} * {tile_count(axis)}"
-            if any(axis in t.dims for t in p.ir.inputs):  # the total is known: each segment adds at most one partial tile
-                bound = f"min({bound}, ({axis} + {segment} * (block_{axis} - 1)) // block_{axis})"
+            starts, ends = f"{offsets}[:-1]", f"{offsets}[1:]"
+            if axis in p.aligned_tiles:
+                # the total is known: the segments share at most one block at each boundary
+                total = f"min({bound}, pl.cdiv({axis}, block_{axis}) + {segment} - 1)"
+                tiles = [
+                    "# aligned_tiles: each segment visits the aligned blocks its rows overlap",
+                    f"{axis}_tiles = jnp.where({ends} > {starts}, ({ends} - 1) // block_{axis} - {starts} // block_{axis} + 1, 0)",
+                ]
+            else:
+                # the total is known: each segment adds at most one partial tile
+                total = f"min({bound}, ({axis} + {segment} * (block_{axis} - 1)) // block_{axis})"
+                tiles = [f"{axis}_tiles = pl.cdiv(jnp.maximum({ends} - {starts}, 0), block_{axis})"]
+            if any(axis in t.dims for t in p.ir.inputs):
+                bound = total
             entry.lines += [
                 f"# real_tiles_only: the pipeline visits the real '{axis}' tiles of every segment, and no others",
                 f"num_{axis}_visits = {bound}",
-                f"{', '.join(p.visit_maps)} = _visited_tiles({offsets}, block_{axis}, num_{axis}_visits)",
+                *tiles,
+                f"{', '.join(p.visit_maps)} = _visited_tiles({axis}_tiles, num_{axis}_visits)",
             ]
             entry.uses_visited_tiles = True
 
@@ -327,10 +348,13 @@ def _visit_lines(plan) -> dict[str, str]:
 def _extent(plan, a: str) -> str:
     if a not in plan.axes:  # real_tiles_only's visits
         segment, axis = plan.visited_tiles
-        return f"real tiles of ({segment}, cdiv({plan.ir.axes[axis].jagged.max}, block_{axis}))"
+        j = plan.ir.axes[axis].jagged
+        per_segment = f"{j.max} + block_{axis} - 1" if axis in plan.aligned_tiles else j.max
+        return f"real tiles of ({segment}, cdiv({per_segment}, block_{axis}))"
     ap = plan.axes[a]
     if ap.mode == "jagged":
-        return f"cdiv({plan.ir.axes[a].jagged.max}, block_{a})"
+        j = plan.ir.axes[a].jagged
+        return f"cdiv({j.max} + block_{a} - 1, block_{a})" if a in plan.aligned_tiles else f"cdiv({j.max}, block_{a})"
     return f"cdiv({a}, block_{a})" if ap.mode == "tiled" else a
 
 

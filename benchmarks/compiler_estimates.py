@@ -402,7 +402,9 @@ def report(args, started, run: Run) -> str:
                 return "compile failed"
             if r.estimated_cycles is not None:
                 return _fmt(r.estimated_cycles)
-            return "no estimate (profiler aborted)" if r.profile_error else "no estimate in the profile"
+            if r.profile_error:
+                return "no estimate (profiler aborted)"
+            return "no estimate of the kernel (0 cycles)" if r.profile_gap else "no estimate in the profile"
 
         ratio = "-" if _ratio(chip, gen, peer) is None else f"{_ratio(chip, gen, peer):.2f}x"
         if _beyond_peak(chip, peer):
@@ -443,12 +445,12 @@ def report(args, started, run: Run) -> str:
                        "benchmarks/dma_traffic_results.md measures such kernels instead.")
         out.append("")
     failures = [(n, c, r) for n, c, _, _, g, p in rows for r in (g, p, conversions.get((n, c), (None,))[0])
-                if r is not None and (not r.ok or r.profile_error)]
+                if r is not None and (not r.ok or r.profile_error or r.profile_gap)]
     if failures:
         out.append("## Compile and profile failures")
         out.append("")
         for name, chip, r in failures:
-            why = r.error.splitlines()[0] if not r.ok else r.profile_error
+            why = r.error.splitlines()[0] if not r.ok else r.profile_error or r.profile_gap
             out.append(f"- {r.label} on {chip}: {why[:300]}")
         out.append("")
     if run.two_pass:

@@ -126,7 +126,7 @@ def format_estimate(built: Built, case: Case, chip: str, result, blocks: dict[st
         lines += [f"    {line}" for line in result.error.splitlines()[:40]]
         return "\n".join(lines) + "\n"
     if result.estimated_cycles is None:
-        why = result.profile_error or "the compiler wrote no static profile"
+        why = result.profile_error or result.profile_gap or "the compiler wrote no static profile"
         lines.append(f"  estimated cycles: unavailable: {why}")
         if chip == "v7x":
             lines.append("    (libtpu 0.0.50.1, from jax[tpu]==0.12.0 on Python 3.12, profiles v7x: run with --python)")

@@ -93,6 +93,8 @@ class Compiled:
     bytes_accessed: int | None = None
     cost_source: str = ""
     profile_error: str = ""
+    # Why the profile, written, holds no estimate of the program (a kernel costed at 0 cycles).
+    profile_gap: str = ""
     jax_version: str = ""
     libtpu_version: str = ""
 
@@ -178,6 +180,7 @@ def _crash_reason(stderr: str, returncode: int) -> str:
 # --- reading the compiler's dumps ---------------------------------------------------
 
 _CYCLES = re.compile(r"estimated_cycles:\s*(\d+)")
+_KERNEL = 'custom_call_target: "tpu_custom_call"'  # a Pallas kernel's op in the profile
 _COUNT = re.compile(r"-\s*(VMEM|SMEM)_(SPILL|FILL)_COUNT:\s*\((\d+)/\d+\)")
 _SCOPED = re.compile(r'"used_scoped_memory_configs":\[(.*?)\]')
 _SCOPED_SIZE = re.compile(r'"memory_space":"1"[^}]*"size":"(\d+)"')
@@ -190,9 +193,18 @@ def read_profile(result: Compiled, profile_dir: Path, dump_dir: Path) -> None:
     an XLA peer). Spill and fill counts are static: instructions in the final
     bundles, not executions. Scoped VMEM is the most any one op reserved.
     """
-    cycles = [int(m) for p in sorted(profile_dir.glob("*static_llo_profile.textproto"))
-              for m in _CYCLES.findall(p.read_text(errors="replace"))]
-    if any(cycles):  # no estimate at all (none written, or all zero) is not zero cycles
+    cycles, unestimated = [], []
+    for path in sorted(profile_dir.glob("*static_llo_profile.textproto")):
+        text = path.read_text(errors="replace")
+        op = [int(m) for m in _CYCLES.findall(text)]
+        cycles += op
+        if _KERNEL in text and not any(op):
+            unestimated.append(path.name.split("_TPU")[0])
+    if unestimated:
+        # The program's other ops (XLA's, around the kernel) would pass for its cost.
+        result.profile_gap = (f"the compiler's profile costs the Pallas kernel ({', '.join(unestimated)}) at 0 cycles: "
+                              "it has no estimate of it")
+    elif any(cycles):  # no estimate at all (none written, or all zero) is not zero cycles
         result.estimated_cycles = sum(cycles)
     bundles = sorted(dump_dir.glob("*hlo-static-bundle-profile.txt"))
     if bundles:

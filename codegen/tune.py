@@ -162,7 +162,7 @@ def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = N
             trial = Trial(dict(blocks), result.estimated_cycles, result.seconds, rules=dict(rules))
             log(f" {result.estimated_cycles:,} cycles ({result.seconds:.1f}s)")
         else:
-            why = result.error.splitlines()[0] if not result.ok else result.profile_error or "no estimate"
+            why = result.error.splitlines()[0] if not result.ok else result.profile_error or result.profile_gap or "no estimate"
             trial = Trial(dict(blocks), None, result.seconds, why, dict(rules))
             log(f" skipped: {why[:160]}")
         trials[key] = trial

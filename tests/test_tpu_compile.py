@@ -193,6 +193,24 @@ def test_profile_dumps_are_read(tmp_path):
     assert result.scoped_vmem_bytes == 458752
 
 
+def test_a_kernel_the_profile_costs_at_zero_has_no_estimate(tmp_path):
+    """libtpu 0.0.50.1 costs grouped_gemm's kernel at 0 cycles: the XLA ops around it must
+    not pass for its cost."""
+    profile, dump = tmp_path / "profile", tmp_path / "dump"
+    profile.mkdir()
+    dump.mkdir()
+    kernel = ('hlo_op_estimate {\n  hlo_op_name: "_lambda_.1"\n  estimated_cycles: %d\n  hlo_instruction {\n'
+              '    opcode: "custom-call"\n    custom_call_target: "tpu_custom_call"\n  }\n}\n')
+    (profile / "fusion.3_TPU v6 lite_static_llo_profile.textproto").write_text(
+        "hlo_op_estimate {\n  estimated_cycles: 723\n}\n")
+    for cycles, want in ((0, None), (5000, 5723)):
+        (profile / "_lambda_.1_TPU v6 lite_static_llo_profile.textproto").write_text(kernel % cycles)
+        result = Compiled("k", "v6e", ok=True)
+        read_profile(result, profile, dump)
+        assert result.estimated_cycles == want
+        assert ("(_lambda_.1) at 0 cycles" in result.profile_gap) == (want is None)
+
+
 def test_shapes_for_a_jagged_spec_default_to_full_segments():
     plan = build_source(SPECS / "gdpa.yaml").plan
     case = case_from_shapes(plan, {"b": 4, "max_seq_len": 1024, "skv": 256, "h": 8, "d": 128})

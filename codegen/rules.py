@@ -556,6 +556,12 @@ class AlignedTiles(Rule):
                 f"'{axis}' rows as a major dim",
             )
         plan.aligned_tiles.add(axis)
+        j, ap = k.axes[axis].jagged, plan.axes[axis]
+        ap.reason = ap.reason.replace(f"cdiv({j.max}, block) tiles per segment", f"cdiv({j.max} + block - 1, block) "
+                                      "blocks aligned to the array per segment")
+        if written:  # two segments' visits to a shared block must not run apart
+            ap.semantics = "arbitrary"
+            ap.reason += "; segments that share a block write it in turn, 'arbitrary'"
         if written:
             masked = (f"writing only its own rows of {', '.join(written)}: a block two segments share is visited "
                       "by both in a row and written back once")

@@ -298,7 +298,7 @@ def _grouped_gemm_kernel(
             # aligned_tiles: 't' blocks are aligned to the array: a segment visits the blocks its rows overlap, writing only its own rows of out: a block two segments share is visited by both in a row and written back once; lhs, out keep their dense tiles, not one row per DMA
             pl.BlockSpec((pl.BoundedSlice(block_t), pl.BoundedSlice(block_n)), out_index_map),
         ],
-        dimension_semantics=(pltpu.PARALLEL, pltpu.PARALLEL, pltpu.ARBITRARY),
+        dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY, pltpu.ARBITRARY),
         _explicit_indices=True,
     )(lhs_hbm_ref, rhs_hbm_ref, out_hbm_ref)
 

@@ -79,7 +79,13 @@ def test_plan_puts_the_jagged_axis_inside_the_other_parallel_axes():
 
     _, plan = plan_spec(SPECS / "grouped_gemm.yaml")
     assert plan.pipeline_grid == ["g", "n", "t", "k"]
-    assert [plan.axes[a].semantics for a in plan.pipeline_grid] == ["parallel", "parallel", "parallel", "arbitrary"]
+    # t: groups that share an aligned row block write it in turn (aligned_tiles)
+    assert [plan.axes[a].semantics for a in plan.pipeline_grid] == ["parallel", "parallel", "arbitrary", "arbitrary"]
+    assert "dimension_semantics=(pltpu.PARALLEL, pltpu.ARBITRARY, pltpu.ARBITRARY)" in checked_in_module_source()
+
+
+def checked_in_module_source():
+    return (SPECS.parent / "generated" / "grouped_gemm.py").read_text()
 
 
 def test_dense_tails_are_bounded_in_the_pipeline():

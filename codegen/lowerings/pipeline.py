@@ -217,7 +217,7 @@ class _Pipeline(Lowering):
         in_specs = [block_spec(plan, op, maps, clamp, tiles) for op in piped]
         out_specs = [block_spec(plan, op, maps, tiles=tiles) for op in plan.outputs]
         semantics = ", ".join(
-            "pltpu.ARBITRARY" if a in plan.axes and plan.axes[a].semantics != "parallel" else "pltpu.PARALLEL"
+            "pltpu.ARBITRARY" if _semantics(plan, a) != "parallel" else "pltpu.PARALLEL"
             for a in plan.printed_pipeline_grid
         )
         hbm = [op.ref.removesuffix("_ref") + "_hbm_ref" for op in piped + plan.outputs]
@@ -305,7 +305,7 @@ class _Pipeline(Lowering):
     def report(self, plan):
         k = plan.ir
         grid = plan.printed_pipeline_grid
-        semantics = ", ".join(plan.axes[a].semantics if a in plan.axes else "parallel" for a in grid)
+        semantics = ", ".join(_semantics(plan, a) for a in grid)
         out = [
             f"emit_pipeline grid: ({', '.join(_extent(plan, a) for a in grid)}), semantics ({semantics})",
             f"scalar prefetch (SMEM): {', '.join(plan.prefetched)}; every tensor stays in HBM (pl.ANY) "
@@ -323,9 +323,12 @@ class _Pipeline(Lowering):
             )
         for a in sorted(plan.aligned_tiles):
             j = k.axes[a].jagged
+            written = [t.name for t in k.outputs if a in t.dims]
+            does = (f"writes only its own rows of {', '.join(written)}, where the blocks it shares keep its "
+                    "neighbours'" if written else "masks the rows of its neighbours")
             out.append(
                 f"tiles: '{a}' in blocks aligned to the array, cdiv({j.max} + block_{a} - 1, block_{a}) per segment: "
-                f"each segment visits the blocks its rows overlap and masks the rows of its neighbours"
+                f"each segment visits the blocks its rows overlap and {does}"
             )
         for name in plan.unit_major:
             dims = list(k.tensors[name].dims)
@@ -343,6 +346,11 @@ def _visit_lines(plan) -> dict[str, str]:
     segment, axis = plan.visited_tiles
     names = (f"{segment}_index", f"{axis}_index")
     return {name: f"{name} = {m}_ref[{axis}_visit]" for name, m in zip(names, plan.visit_maps)}
+
+
+def _semantics(plan, a: str) -> str:
+    """A pipeline grid axis's semantics; real_tiles_only's visits take their jagged axis's."""
+    return plan.axes[a if a in plan.axes else plan.visited_tiles[1]].semantics
 
 
 def _extent(plan, a: str) -> str:

@@ -443,7 +443,9 @@ class KernelPrinter:
     def tile_has_rows(self, axis: str, tile: str, block: str, size: str) -> str:
         """Whether tile `tile` of a jagged axis holds rows of its segment (an empty one's, none)."""
         if axis in self.plan.aligned_tiles:
-            return f"jnp.maximum({self.tile_start_of(axis, tile, block)}, 0) < {size}"
+            j = self.k.axes[axis].jagged
+            self.uses.add("aligned_tile_has_rows")
+            return f"_aligned_tile_has_rows({j.offsets}_ref, {j.segment}_index, {tile}, {block})"
         return f"{tile} * {block} < {size}"
 
     # -- positions

@@ -199,7 +199,7 @@ def read_profile(result: Compiled, profile_dir: Path, dump_dir: Path) -> None:
         op = [int(m) for m in _CYCLES.findall(text)]
         cycles += op
         if _KERNEL in text and not any(op):
-            unestimated.append(path.name.split("_TPU")[0])
+            unestimated.append(path.name.removesuffix("_static_llo_profile.textproto").split("_TPU")[0])
     if unestimated:
         # The program's other ops (XLA's, around the kernel) would pass for its cost.
         result.profile_gap = (f"the compiler's profile costs the Pallas kernel ({', '.join(unestimated)}) at 0 cycles: "

@@ -58,9 +58,9 @@ def _aligned_tile(offsets_ref, segment, tile, block):
 
     Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the kernel
     masks the rows of neighbouring segments in it, or keeps what their own visits write
-    there. A tile past the segment's last block
-    is clamped to it, so its block repeats the one before it and the pipeline moves no data
-    for it. An empty segment gets the block its offset falls in, kept inside the array.
+    there. A tile past the segment's last block is clamped to it, so its block repeats the
+    one before it and the pipeline moves no data for it. An empty segment gets the block its
+    offset falls in, kept inside the array.
     """
     start = offsets_ref[segment]
     end = offsets_ref[segment + 1]
@@ -72,6 +72,13 @@ def _aligned_tile(offsets_ref, segment, tile, block):
         * block
     )
     return pl.ds(pl.multiple_of(aligned, block), jnp.clip(total - aligned, 1, block))
+
+
+def _aligned_tile_has_rows(offsets_ref, segment, tile, block):
+    """Whether block `tile` of those `segment`'s rows overlap holds any of them (an empty
+    segment's: none)."""
+    start, end = offsets_ref[segment], offsets_ref[segment + 1]
+    return (start < end) & ((start // block + tile) * block < end)
 
 
 def _visited_tiles(tiles, visits):
@@ -247,14 +254,7 @@ def _grouped_gemm_kernel(
     def k_index_held(g_index, n_index, t_index, k_index):
         # idle_tiles_hold: a 't' tile past its segment's end holds 'k' at its last block, where the tile before it ended, so its steps fetch no block of lhs, rhs
         return jnp.where(
-            (
-                jnp.maximum(
-                    (group_offsets_ref[g_index] // block_t + t_index) * block_t
-                    - group_offsets_ref[g_index],
-                    0,
-                )
-                < group_offsets_ref[g_index + 1] - group_offsets_ref[g_index]
-            ),
+            _aligned_tile_has_rows(group_offsets_ref, g_index, t_index, block_t),
             k_index,
             num_k_tiles - 1,
         )

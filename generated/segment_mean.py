@@ -31,9 +31,9 @@ def _aligned_tile(offsets_ref, segment, tile, block):
 
     Its start is a multiple of `block`, so the block slices whole (8, 128) tiles; the kernel
     masks the rows of neighbouring segments in it, or keeps what their own visits write
-    there. A tile past the segment's last block
-    is clamped to it, so its block repeats the one before it and the pipeline moves no data
-    for it. An empty segment gets the block its offset falls in, kept inside the array.
+    there. A tile past the segment's last block is clamped to it, so its block repeats the
+    one before it and the pipeline moves no data for it. An empty segment gets the block its
+    offset falls in, kept inside the array.
     """
     start = offsets_ref[segment]
     end = offsets_ref[segment + 1]

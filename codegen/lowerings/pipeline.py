@@ -130,7 +130,8 @@ class _Pipeline(Lowering):
                 parallel_checks.append(f"jnp.maximum({a}_start, 0) < {a}_size")
             else:
                 parallel_checks.append(f"{a}_index * {block} < {a}_size")
-            idle_checks.append(f"({p.tile_has_rows(a, f'{a}_index', block, p.segment_extent(a))})")
+            has_rows = p.tile_has_rows(a, f"{a}_index", block, p.segment_extent(a))
+            idle_checks.append(has_rows if a in plan.aligned_tiles else f"({has_rows})")  # a call needs no parentheses
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)
             body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")

@@ -27,6 +27,15 @@ class Location:
         return Location(self.file, self.line, self.column + columns)
 
 
+@dataclass(frozen=True)
+class TextStart(Location):
+    """The start of a text whose characters are not the source's column for column (a
+    folded or escaped YAML scalar): a place within it is shown at its start."""
+
+    def shifted(self, columns: int) -> "Location":
+        return self
+
+
 class SpecError(Exception):
     """A mistake in a spec or in build options; reported as `file:line:col: message`."""
 

@@ -11,6 +11,7 @@ import ast
 from dataclasses import dataclass
 
 from codegen.errors import Location, SpecError
+from codegen.source import MAX_INT
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ MAX_DEPTH = 64
 def parse_expression(text: str, loc: Location) -> Expr:
     """Parse `text`, whose first character sits at `loc`."""
     lead = len(text) - len(text.lstrip())
+    # Python reads identifiers in NFKC form (a full-width x is x), and counts columns
+    # in UTF-8 bytes: an expression is ASCII, so what it names is what it shows.
+    foreign = next((i for i, ch in enumerate(text) if not ch.isascii()), None)
+    if foreign is not None:
+        raise SpecError(f"expressions are ASCII; found {text[foreign]!r} (U+{ord(text[foreign]):04X})", loc.shifted(foreign))
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
@@ -91,6 +97,9 @@ def _convert(node: ast.AST, base: Location, lead: int) -> Expr:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise SpecError(f"only numeric literals are allowed, got {node.value!r}", loc)
+        if isinstance(node.value, int) and abs(node.value) > MAX_INT:
+            raise SpecError("integer literal out of range: an integer in a spec fits in int64", loc,
+                            "write a float (e.g. 1e30) where a large number is meant")
         return Const(loc, node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _convert(node.operand, base, lead)

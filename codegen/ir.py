@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from codegen import expr as ast
 from codegen.chips import ITEMSIZE
 from codegen.errors import Location, SpecError, did_you_mean
-from codegen.spec import DTYPES, Axis, Spec
+from codegen.spec import DTYPES, Axis, Spec, dtype_hint
 
 # name -> (jnp function, counts as a transcendental)
 UNARY_FUNCTIONS = {
@@ -478,7 +478,7 @@ class _Lowering:
             d = e.args[1]
             if not isinstance(d, ast.Name) or d.id not in DTYPES:
                 name = d.id if isinstance(d, ast.Name) else "?"
-                raise SpecError(f"cast() needs a dtype, got '{name}'", d.loc, did_you_mean(name, DTYPES) or f"one of: {', '.join(DTYPES)}")
+                raise SpecError(f"cast() needs a supported dtype, got '{name}'", d.loc, dtype_hint(name))
             return Cast(x.dims, d.id, e.loc, x)
         if e.keywords and f not in (*REDUCTIONS, "dot"):
             raise SpecError(f"{f}() takes no keyword arguments", e.keywords[0][2])

@@ -38,6 +38,18 @@ class Node:
     loc: Location
     style: str | None = None  # YAML scalar style: None (plain), "'", '"', "|" or ">"
     key_locs: dict[str, Location] = field(default_factory=dict)  # mappings only
+    verbatim: bool = True  # a scalar whose value is its source text, column for column
+
+    def plain(self) -> object:
+        """The value as YAML gave it, without locations."""
+        if isinstance(self.value, list):
+            return [item.plain() for item in self.value]
+        if isinstance(self.value, dict):
+            return {key: item.plain() for key, item in self.value.items()}
+        return self.value
+
+    def __repr__(self) -> str:  # messages show a value as the spec wrote it
+        return repr(self.plain())
 
 
 def _int(text: str, loc: Location) -> int:
@@ -85,7 +97,11 @@ def _float(text: str, loc: Location) -> float:
 
 def _string(text: str, loc: Location) -> str:
     if any("\ud800" <= ch <= "\udfff" for ch in text):
-        raise SpecError("text contains a lone surrogate (\\ud800-\\udfff), which is not a character", loc)
+        # YAML's "\ud83d\ude00" escapes one character as a UTF-16 pair; join such pairs
+        joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        if joined.count("\ufffd") > text.count("\ufffd"):  # a surrogate without its pair was replaced
+            raise SpecError("text contains a lone surrogate (\\ud800-\\udfff), which is not a character", loc)
+        return joined
     return text
 
 
@@ -130,7 +146,11 @@ class _Converter:
         if len(self.path) >= MAX_DEPTH:
             raise SpecError(f"the spec nests more than {MAX_DEPTH} levels deep", loc)
         if isinstance(node, yaml.ScalarNode):
-            return Node(_scalar(node, loc), loc, style=node.style)
+            source = node.start_mark.buffer[node.start_mark.index:node.end_mark.index] if node.start_mark.buffer else ""
+            verbatim = node.style in (None, "'", '"') and "\n" not in source and "\\" not in source and "''" not in source
+            return Node(_scalar(node, loc), loc, style=node.style, verbatim=verbatim)
+        if node.tag not in ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"):  # e.g. !!python/object, !!set
+            raise SpecError(f"unsupported YAML tag {node.tag!r}", loc, "remove the tag")
         self.path.add(id(node))
         try:
             if isinstance(node, yaml.SequenceNode):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from codegen import names
 from codegen.chips import CHIPS
-from codegen.errors import Location, SpecError, did_you_mean
+from codegen.errors import Location, SpecError, TextStart, did_you_mean
 from codegen.source import Node, load_yaml
 
 # Anchored for JSON Schema (ECMA-262, where `$` is the end of the text); Python
@@ -25,7 +25,19 @@ from codegen.source import Node, load_yaml
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 # AXIS; AXIS+1 for an offsets tensor; A*B for two axes stored as one dim (A major).
 DIM = re.compile(r"^[a-z][a-z0-9_]*((\+1)|(\*[a-z][a-z0-9_]*)+)?$")
-DTYPES = ("float32", "bfloat16", "float16", "int32", "int16", "int8")
+DTYPES = ("float32", "bfloat16", "int32", "int16", "int8")
+# Characters that reorder how text is displayed: in a docstring they could show a
+# reader other code than what runs ("Trojan Source", CVE-2021-42574).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Dtypes numpy knows that a TPU kernel cannot hold in vectors, with what to use instead.
+UNSUPPORTED_DTYPES = {
+    "float16": "Mosaic cannot load float16 vectors on v5e, v6e or v7x: use bfloat16, or float32",
+}
+
+
+def dtype_hint(name: str) -> str:
+    """What to write instead of the dtype `name`, which is not one of DTYPES."""
+    return UNSUPPORTED_DTYPES.get(name) or did_you_mean(name, DTYPES) or f"one of: {', '.join(DTYPES)}"
 # Names the generated module itself uses (codegen.names); a spec name must not shadow a
 # builtin either (tuple, sum, range...).
 RESERVED = names.RESERVED | frozenset(dir(builtins))
@@ -292,6 +304,7 @@ class TuneEntry:
     compiler: str
     loc: Location
     rules: dict[str, RuleSwitch] = field(default_factory=dict)
+    block_locs: dict[str, Location] = field(default_factory=dict)
 
 
 @dataclass
@@ -388,7 +401,7 @@ def _scalar_field(node: Node, f: Field, what: str):
             raise SpecError(
                 f"{what} {value!r} is not a supported dtype",
                 node.loc,
-                did_you_mean(str(value), DTYPES) or f"one of: {', '.join(DTYPES)}",
+                dtype_hint(str(value)),
             )
         return value
     if f.kind == "string":
@@ -475,7 +488,8 @@ def _param_value(node: Node, name: str):
 
 def _expression_loc(node: Node) -> Location:
     # Quoted scalars start one column before their text.
-    return node.loc.shifted(1) if node.style in ("'", '"') else node.loc
+    loc = node.loc.shifted(1) if node.style in ("'", '"') else node.loc
+    return loc if node.verbatim else TextStart(loc.file, loc.line, loc.column)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -531,6 +545,9 @@ def parse_spec(
     doc = _scalar_field(top["doc"], SCHEMA["doc"], "doc") if "doc" in top else ""
     if any(ch in doc for ch in "\x00\r") or any(ord(ch) < 32 and ch not in "\n\t" for ch in doc):
         raise SpecError("doc contains control characters", top["doc"].loc)
+    if bidi := next((ch for ch in doc if ch in BIDI_CONTROLS), None):
+        raise SpecError(f"doc contains the bidirectional control U+{ord(bidi):04X}, which can make the generated "
+                        "source read otherwise than it runs", top["doc"].loc, "remove it")
 
     def section(key: str) -> dict[str, tuple[Node, Location]]:
         if key not in top or top[key].value is None:
@@ -609,8 +626,15 @@ def parse_spec(
             if axis not in axes or (axes[axis].block is None):
                 raise SpecError(f"tune.{chip}.blocks: '{axis}' is not an axis with a block", block_loc,
                                 did_you_mean(axis, [a for a in axes if axes[a].block]))
+        sizes = node.value["shapes"]
+        if not sizes.value:
+            raise SpecError(f"tune.{chip}.shapes: no sizes", sizes.loc, "give the sizes the blocks were tuned at")
+        for size_name, size_loc in sizes.key_locs.items():
+            if size_name not in axes and not any(a.jagged and a.jagged.max == size_name for a in axes.values()):
+                raise SpecError(f"tune.{chip}.shapes: '{size_name}' is not an axis or a jagged max", size_loc,
+                                did_you_mean(size_name, [*axes, *(a.jagged.max for a in axes.values() if a.jagged)]))
         tune[chip] = TuneEntry(chip, e["shapes"], e["blocks"], e.get("estimated_cycles"), e.get("compiler", ""), loc,
-                               e.get("rules", {}))
+                               e.get("rules", {}), dict(node.value["blocks"].key_locs))
 
     lowering = _scalar_field(top["lowering"], SCHEMA["lowering"], "lowering") if "lowering" in top else None
     _check_names(params, axes, tensors, accumulators, compute)
@@ -718,22 +742,23 @@ def _check_names(params, axes, tensors, accumulators, compute) -> None:
         for group in t.fused:
             if len(group) > 1:  # the caller's dim `a*b` is bound to a local named a_b
                 derived["_".join(group)] = "*".join(group)
+    def generated_for(name: str) -> str | None:
+        return names.generated_owner(name, derived, values)
+
     for name, (kind, loc) in owners.items():
-        if name in derived:
-            raise SpecError(
-                f"{kind} '{name}' clashes with a name generated for '{derived[name]}'", loc, "rename it"
-            )
+        if owner := generated_for(name):
+            raise SpecError(f"{kind} '{name}' clashes with a name generated for {owner}", loc, "rename it")
     for a in axes.values():  # a jagged axis's max is an entry keyword that expressions read
-        if a.jagged and (a.jagged.max in owners or any(st.name == a.jagged.max for st in compute)):
+        if not a.jagged:
+            continue
+        if a.jagged.max in owners or any(st.name == a.jagged.max for st in compute):
             what = owners[a.jagged.max][0] if a.jagged.max in owners else "compute statement"
             raise SpecError(f"jagged max '{a.jagged.max}' clashes with the {what} of that name", a.jagged.loc, "rename one of them")
+        if owner := generated_for(a.jagged.max):
+            raise SpecError(f"jagged max '{a.jagged.max}' clashes with a name generated for {owner}", a.jagged.loc, "rename it")
     for st in compute:
-        if st.name in derived:
-            raise SpecError(
-                f"compute name '{st.name}' clashes with a name generated for '{derived[st.name]}'",
-                st.loc,
-                "rename it",
-            )
+        if owner := generated_for(st.name):
+            raise SpecError(f"compute name '{st.name}' clashes with a name generated for {owner}", st.loc, "rename it")
         if st.name in owners and owners[st.name][0] in ("param", "axis"):
             raise SpecError(f"compute assigns to {owners[st.name][0]} '{st.name}'", st.loc)
 

@@ -78,6 +78,25 @@ def rebuild_command(spec_path: Path, output_dir: Path | None, chip: str, overrid
     return f"codegen build {shlex.quote(spec)} -o {shlex.quote(output)} {build_options(chip, overrides or {})}"
 
 
+def shortened(text: str, limit: int = 80) -> str:
+    """`text` (a path) cut in the middle to fit a one-line message."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-(limit // 2 - 3):]}"
+
+
+def name_too_long(path: Path) -> bool:
+    """Whether `path`'s last name is longer than its file system allows, judged on the
+    nearest folder above it that exists."""
+    limit = 255
+    for folder in (path.parent, *path.parent.parents):
+        try:
+            if folder.is_dir():
+                limit = os.pathconf(folder, "PC_NAME_MAX")
+                break
+        except (OSError, ValueError):  # itself too long, say: look further up
+            continue
+    return len(os.fsencode(path.name)) > limit
+
+
 @dataclass
 class Built:
     spec: Spec
@@ -107,7 +126,8 @@ def build_source(path: Path, overrides=None, chip: str = DEFAULT_CHIP, output_di
 # --- writing ----------------------------------------------------------------
 
 def _temp_path(target: Path, kind: str) -> Path:
-    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.{kind}")
+    # Cut so that a target whose name is near the file system's limit still has one.
+    return target.with_name(f".{target.name[:200]}.{secrets.token_hex(4)}.{kind}")
 
 
 def _stage(target: Path, text: str) -> Path:
@@ -173,7 +193,7 @@ def write_files(files: dict[Path, str], shown=str) -> None:
                 target.unlink(missing_ok=True)
         replaced.clear()
         if isinstance(err, OSError):
-            raise SpecError(f"cannot write {shown(current)}: {err.strerror or err}", COMMAND_LINE) from None
+            raise SpecError(f"cannot write {shortened(shown(current))}: {err.strerror or err}", COMMAND_LINE) from None
         raise
     finally:
         for temp in (*staged.values(), *kept.values()):

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import tomllib
@@ -33,6 +34,66 @@ def _overrides(values: list[str]) -> dict[str, object]:
     return out
 
 
+def _seed(text: str) -> int:
+    # numpy's generators take only non-negative seeds.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give an integer from 0 up, e.g. --seed 1")
+    return value
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _sizes(values: list[str], option: str = "--shape") -> dict[str, int]:
+    """`NAME=N` options into a dict; N in ASCII digits (str.isdigit also takes '²',
+    which int() refuses) and within int64, as every array dimension is."""
+    from codegen.estimate import parse_shapes
+
+    for text in values or []:
+        name, sep, value = text.partition("=")
+        value = value.strip()
+        digits = value.isascii() and value.isdigit()
+        if not sep or not name.strip() or not digits or len(value.lstrip("0")) > 19 or int(value) > INT64_MAX:
+            shown = repr(text if len(text) <= 60 else text[:60] + "...")
+            why = "at most 2**63 - 1, as every array dimension is" if digits else "in the digits 0-9"
+            example = "block_m=256" if option == "--block" else "m=2048"
+            raise SpecError(f"{option} {shown}: expected NAME=N with N a non-negative integer ({why}), "
+                            f"e.g. {option} {example}")
+    return parse_shapes(values)
+
+
+def _interpreter(args) -> str | None:
+    """The interpreter --python (else $CODEGEN_TPU_PYTHON) names, checked before any
+    work: subprocess would otherwise fail deep inside with a traceback."""
+    python, origin = args.python, "--python"
+    if python is None:
+        python, origin = os.environ.get("CODEGEN_TPU_PYTHON") or None, "$CODEGEN_TPU_PYTHON"
+    if python is None:
+        return None
+    # A bare name is looked up on PATH, as subprocess does.
+    found = python if os.sep in python or (os.altsep and os.altsep in python) else shutil.which(python)
+    problem = ""
+    if "\0" in python:
+        problem = "contains a null character"
+    elif found is None:
+        problem = "not found on PATH"
+    elif not os.path.exists(found):
+        problem = "no such file"
+    elif os.path.isdir(found):
+        problem = "is a folder, not an interpreter"
+    elif not os.access(found, os.X_OK):
+        problem = "is not executable"
+    if problem:
+        shown = repr(python if len(python) <= 80 else python[:80] + "...")
+        raise SpecError(f"{origin} {shown}: {problem}", COMMAND_LINE,
+                        "give the path of a Python interpreter, e.g. --python /path/to/venv/bin/python")
+    return python
+
+
 def _add_build_options(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("-D", dest="defines", action="append", metavar="NAME=VALUE", default=[],
                    help="override a spec param (repeatable), e.g. -D alpha=0.5")
@@ -52,7 +113,7 @@ def _add_compile_options(p: argparse.ArgumentParser, verify: bool = False) -> No
     p.add_argument("--shape", dest="shapes", action="append", metavar="NAME=N", default=[],
                    help="an axis size (or a jagged axis's max) to compile at (repeatable), e.g. --shape m=2048"
                    + ("; compiled on top of the verify shapes" if verify else ""))
-    p.add_argument("--python", metavar="PATH", default=os.environ.get("CODEGEN_TPU_PYTHON"),
+    p.add_argument("--python", metavar="PATH", default=None,
                    help="interpreter whose jax and libtpu compile (default: $CODEGEN_TPU_PYTHON, else this one); e.g. a Python 3.12 "
                    "environment with jax[tpu]==0.12.0, whose libtpu profiles v7x")
 
@@ -81,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="run the kernel in TPU interpret mode against a reference, and lower it for TPU")
     p.add_argument("spec", type=Path, metavar="SPEC")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed for the inputs (default 0)")
     _add_build_options(p, output=False)
     _add_compile_options(p, verify=True)
 
@@ -133,6 +194,11 @@ def _toml_location(file: Path, text: str, key: str) -> Location:
     return Location(_shown(file), 1, 1)
 
 
+def _toml_type(value) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array", dict: "a table"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "a date or time")
+
+
 def load_config(start: Path | None = None) -> Config:
     """Read [tool.codegen] from the nearest pyproject.toml at or above `start` (the cwd)."""
     here = (start or Path.cwd()).resolve()
@@ -144,7 +210,7 @@ def load_config(start: Path | None = None) -> Config:
         return Config()
     try:
         text = file.read_text(encoding="utf-8")
-        table = tomllib.loads(text).get("tool", {}).get("codegen")
+        document = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"cannot read {_shown(file)}: {err}", Location(_shown(file), 1, 1)) from None
     except tomllib.TOMLDecodeError as err:
@@ -156,8 +222,17 @@ def load_config(start: Path | None = None) -> Config:
             lines = text.rstrip("\n").split("\n")
             loc = Location(_shown(file), len(lines), len(lines[-1]) + 1)
         raise SpecError(f"invalid TOML: {str(err).split(' (at ')[0]}", loc) from None
+    tool = document.get("tool", {})
+    if not isinstance(tool, dict):
+        raise SpecError(f"'tool' must be a table (the [tool] section that holds [tool.codegen]), got {_toml_type(tool)}",
+                        _toml_location(file, text, "tool"), "remove it, or write it as a [tool.NAME] section")
+    table = tool.get("codegen")
     if table is None:
         return Config(root=folder)
+    if not isinstance(table, dict):
+        raise SpecError(f"[tool.codegen] must be a table of settings, got {_toml_type(table)}",
+                        _toml_location(file, text, "codegen"),
+                        f"write it as a [tool.codegen] section with the keys {', '.join(CONFIG_KEYS)}")
     for key in table:
         if key not in CONFIG_KEYS:
             raise SpecError(
@@ -170,6 +245,15 @@ def load_config(start: Path | None = None) -> Config:
         specs = [specs]
     if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
         raise SpecError("[tool.codegen] specs must be a list of paths or glob patterns", _toml_location(file, text, "specs"))
+    for pattern in specs:
+        # pathlib refuses both with an exception of its own, deep inside the build
+        if "\0" in pattern:
+            raise SpecError(f"[tool.codegen] specs: {pattern!r} contains a null character",
+                            _toml_location(file, text, "specs"))
+        if any(ch in pattern for ch in "*?[") and Path(pattern).is_absolute():
+            raise SpecError(f"[tool.codegen] specs: the glob pattern {pattern!r} is absolute; "
+                            "patterns are relative to pyproject.toml's folder", _toml_location(file, text, "specs"),
+                            "write it relative to the folder of pyproject.toml, e.g. specs = [\"specs/*.yaml\"]")
     paths: list[Path] = []
     for pattern in specs:
         matches = sorted(folder.glob(pattern)) if any(ch in pattern for ch in "*?[") else [folder / pattern]
@@ -177,9 +261,13 @@ def load_config(start: Path | None = None) -> Config:
             raise SpecError(f"[tool.codegen] specs: '{pattern}' matches no file", _toml_location(file, text, "specs"))
         paths += [m for m in matches if m not in paths]
     output = table.get("output")
-    if output is not None and not isinstance(output, str):
-        raise SpecError("[tool.codegen] output must be a path", _toml_location(file, text, "output"))
+    if output is not None and (not isinstance(output, str) or "\0" in output):
+        got = f"got {_toml_type(output)}" if not isinstance(output, str) else "not one with a null character"
+        raise SpecError(f"[tool.codegen] output must be a path (a string), {got}", _toml_location(file, text, "output"))
     chip = table.get("chip")
+    if chip is not None and not isinstance(chip, str):
+        raise SpecError(f"[tool.codegen] chip must be a string, one of {', '.join(sorted(CHIPS))}, got {_toml_type(chip)}",
+                        _toml_location(file, text, "chip"))
     if chip is not None and chip not in CHIPS:
         raise SpecError(
             f"[tool.codegen] chip must be one of {', '.join(sorted(CHIPS))}, got {chip!r}",
@@ -225,22 +313,51 @@ def _jobs(args, config: Config) -> list[Job]:
 
 def _check_output_dir(folder: Path) -> None:
     """Refuse an output folder that is a file, or lies under one, before building anything."""
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                what = "is a file" if part == folder else f"lies under {_shown(part)}, which is a file"
-                raise SpecError(f"-o {_shown(folder)}: {what}, not a folder", COMMAND_LINE)
-            if not os.access(part, os.W_OK | os.X_OK):
-                raise SpecError(f"-o {_shown(folder)}: {_shown(part)} is not writable", COMMAND_LINE)
-            return
+    from codegen.build import name_too_long, shortened
+
+    try:
+        for part in (folder, *folder.parents):
+            if part.exists():
+                if not part.is_dir():
+                    what = "is a file" if part == folder else f"lies under {_shown(part)}, which is a file"
+                    raise SpecError(f"-o {shortened(_shown(folder))}: {what}, not a folder", COMMAND_LINE)
+                if not os.access(part, os.W_OK | os.X_OK):
+                    raise SpecError(f"-o {shortened(_shown(folder))}: {shortened(_shown(part))} is not writable",
+                                    COMMAND_LINE)
+                break
+        # Below the part that exists, a name past the file system's limit fails only once written.
+        long = next((p.name for p in (folder, *folder.parents) if name_too_long(p)), None)
+    except OSError as err:
+        raise SpecError(f"-o {shortened(_shown(folder))}: {err.strerror or err}", COMMAND_LINE,
+                        "give a shorter or another output folder") from None
+    if long:
+        raise SpecError(f"-o {shortened(_shown(folder))}: the name {shortened(long)} is longer than the file system "
+                        "allows", COMMAND_LINE, "give a shorter output folder name")
 
 
 def _chip(args, config: Config) -> str:
     return args.chip or config.chip or DEFAULT_CHIP
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either is missing, or cannot be a file
+        return False
+
+
+def _current(target: Path) -> bytes | None:
+    """The bytes of the file at `target` now, or None where there is none."""
+    from codegen.build import shortened
+
+    try:
+        return target.read_bytes() if target.is_file() else None
+    except OSError as err:
+        raise SpecError(f"cannot read {shortened(str(target))}: {err.strerror or err}", COMMAND_LINE) from None
+
+
 def _build_all(args):
-    from codegen.build import build_source
+    from codegen.build import build_source, name_too_long, shortened
 
     config = load_config()
     chip = _chip(args, config)
@@ -251,6 +368,14 @@ def _build_all(args):
     for job in jobs:
         b = build_source(job.spec, overrides, chip, job.explicit_output)
         target = job.output_dir / f"{b.spec.name}.py"
+        if name_too_long(target):
+            raise SpecError(f"kernel name '{shortened(b.spec.name)}' ({len(b.spec.name)} characters) is too long for "
+                            "the name of its generated file", b.spec.name_loc, "give the kernel a shorter name")
+        spec = next((j.spec for j in jobs if _same_file(target, j.spec)), None)
+        if spec is not None:  # written, the module would replace the spec it came from
+            raise SpecError(f"the generated module {shortened(str(target))} would be the spec {shortened(str(spec))} "
+                            "itself", b.spec.name_loc,
+                            "give the spec a .yaml name, or another output folder with -o")
         key = Path(os.path.abspath(target))
         if key in targets:
             raise SpecError(
@@ -278,7 +403,8 @@ def _cmd_build(args) -> int:
 
     changed = {}
     for _, target, b in built:
-        if target.is_file() and target.read_text(encoding="utf-8") == b.source:
+        # Compared as bytes: a file that is not UTF-8 is as stale as any other.
+        if _current(target) == b.source.encode("utf-8"):
             print(f"{target}: unchanged")
         else:
             changed[target] = b.source
@@ -293,12 +419,15 @@ def _cmd_check(args) -> int:
     built, chip, overrides = _build_all(args)
     stale = 0
     for job, target, b in built:
-        current = target.read_text(encoding="utf-8") if target.is_file() else ""
-        if current == b.source:
+        raw = _current(target)
+        if raw == b.source.encode("utf-8"):
             print(f"{target}: up to date")
             continue
         stale += 1
+        current = (raw or b"").decode("utf-8", errors="replace")
         status = "stale" if target.exists() else "missing"
+        if raw is not None and current.encode("utf-8") != raw:
+            status = "stale (not UTF-8 text)"
         print(f"{target}: {status}; run `{_rebuild_hint(job, chip, overrides)}`", file=sys.stderr)
         sys.stdout.writelines(
             difflib.unified_diff(
@@ -324,6 +453,8 @@ def _cmd_verify(args) -> int:
     from codegen.build import build_source
     from codegen.tpu_compile import libtpu_installed
 
+    python = _interpreter(args)
+    shapes = _sizes(args.shapes)
     chip = _chip(args, load_config())
     built = build_source(args.spec, _overrides(args.defines), chip)
     try:
@@ -335,8 +466,8 @@ def _cmd_verify(args) -> int:
             COMMAND_LINE,
             "install the extra: python3 -m pip install 'tpu-codegen[jax]'",
         ) from None
-    compile_for = args.chip or (DEFAULT_CHIP if libtpu_installed(args.python) else None)
-    if (args.chip or args.shapes) and not libtpu_installed(args.python):
+    compile_for = args.chip or (DEFAULT_CHIP if libtpu_installed(python) else None)
+    if (args.chip or args.shapes) and not libtpu_installed(python):
         print("verify --chip/--shape compiles with the TPU compiler, which is not installed: "
               "pip install 'tpu-codegen[tpu]'", file=sys.stderr)
         return EXIT_FAILED
@@ -346,15 +477,15 @@ def _cmd_verify(args) -> int:
         from codegen.estimate import case_from_shapes
 
         extra.append(case_from_shapes(built.plan, tuned.shapes, f"tune.{compile_for} shapes"))
-    if args.shapes:
-        from codegen.estimate import case_from_shapes, parse_shapes
+    if shapes:
+        from codegen.estimate import case_from_shapes
 
-        extra.append(case_from_shapes(built.plan, parse_shapes(args.shapes), "--shape"))
+        extra.append(case_from_shapes(built.plan, shapes, "--shape"))
     from codegen.verify import compile_for_chip, verify_built  # imports jax: only here
 
     ok = verify_built(built, seed=args.seed, log=print)
     if compile_for:
-        ok &= compile_for_chip(built, compile_for, extra, log=print, python=args.python)
+        ok &= compile_for_chip(built, compile_for, extra, log=print, python=python)
     else:
         print("compile for TPU: skipped, libtpu is not installed (pip install 'tpu-codegen[tpu]')")
     return EXIT_OK if ok else EXIT_FAILED
@@ -362,17 +493,19 @@ def _cmd_verify(args) -> int:
 
 def _cmd_estimate(args) -> int:
     from codegen.build import build_source
-    from codegen.estimate import case_from_shapes, format_estimate, parse_shapes
+    from codegen.estimate import case_from_shapes, format_estimate
     from codegen.tpu_compile import CompilerUnavailable, profile_kernel
 
+    args.chip = _chip(args, load_config())  # as build's help says: [tool.codegen] chip, else the default
+    python = _interpreter(args)
+    shapes, blocks = _sizes(args.shapes), _sizes(args.blocks, "--block")
     built = build_source(args.spec, _overrides(args.defines), args.chip)
-    case = case_from_shapes(built.plan, parse_shapes(args.shapes))
-    blocks = parse_shapes(args.blocks)
+    case = case_from_shapes(built.plan, shapes)
     from codegen.verify import kernel_to_compile
 
     print(f"compiling {built.plan.ir.name} for {args.chip} with the compiler's profile on ...", file=sys.stderr, flush=True)
     try:
-        result = profile_kernel(kernel_to_compile(built, case, blocks), args.chip, python=args.python)
+        result = profile_kernel(kernel_to_compile(built, case, blocks), args.chip, python=python)
     except CompilerUnavailable as err:
         print(err, file=sys.stderr)
         return EXIT_FAILED
@@ -382,19 +515,22 @@ def _cmd_estimate(args) -> int:
 
 def _cmd_tune(args) -> int:
     from codegen.build import build_source
-    from codegen.estimate import parse_shapes
     from codegen.tpu_compile import CompilerUnavailable
-    from codegen.tune import block_keyword, tune, write_tune_entry
+    from codegen.tune import block_keyword, spec_to_rewrite, tune, write_tune_entry
 
+    args.chip = _chip(args, load_config())  # as build's help says: [tool.codegen] chip, else the default
+    python = _interpreter(args)
+    shapes = _sizes(args.shapes)
     overrides = _overrides(args.defines)
     built = build_source(args.spec, overrides, args.chip)
-    shapes = parse_shapes(args.shapes)
+    if not args.dry_run:  # before the search's minutes, not after
+        spec_to_rewrite(args.spec)
 
     def rebuild(rules):
         return build_source(args.spec, overrides, args.chip, rules=rules)
 
     try:
-        tuned = tune(built, shapes, args.chip, python=args.python, passes=args.passes, log=print,
+        tuned = tune(built, shapes, args.chip, python=python, passes=args.passes, log=print,
                      rebuild=None if args.blocks_only else rebuild, search=args.search)
     except CompilerUnavailable as err:
         print(err, file=sys.stderr)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from codegen.build import Built
+from codegen.errors import SpecError
 from codegen.estimate import case_from_shapes, data_dependent_note, shapes_text
 from codegen.plan import Plan
 from codegen.rules import RULES
@@ -89,7 +90,11 @@ def rule_candidates(built: Built, rebuild: Callable[[dict[str, bool]], Built]) -
         off_by_the_author = rule.name in built.spec.rules and not built.spec.rules[rule.name].enabled
         if not now and off_by_the_author:
             continue
-        variant = rebuild({rule.name: not now})
+        try:
+            variant = rebuild({rule.name: not now})
+        except SpecError as err:  # e.g. a rank-1 jagged tensor needs aligned_tiles
+            skipped.append(f"{rule.name}: the spec does not build with it switched: {err.message}")
+            continue
         if variant.source == built.source:
             continue
         if now and rule.kept_on_by_tune(plan):
@@ -219,6 +224,9 @@ def tune(built: Built, shapes: dict[str, int], chip: str, python: str | None = N
 
 _HEADER = ("tune:  # by `codegen tune`: the best blocks (and rule switches) per chip at these shapes; "
            "a build for the chip defaults to them")
+_LAYOUT_HINT = ("add a block-style `tune:` section (`tune:` at the start of a line, the chips indented under it, "
+                "before any '...' line), or rewrite the spec in block style, one top-level `key:` a line")
+_OLD_SECTION = re.compile(r"(?m)^tune:.*(?:\n|\Z)(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*\r?)(?:\n|\Z))*")
 
 
 def _flow(mapping: dict[str, object]) -> str:
@@ -233,28 +241,124 @@ def tune_section(entries: dict[str, dict]) -> str:
         if e.get("estimated_cycles"):
             fields["estimated_cycles"] = e["estimated_cycles"]
         if e.get("compiler"):
-            fields["compiler"] = f'"{e["compiler"]}"'
+            # JSON's string is a YAML double-quoted scalar: its quotes and backslashes escaped.
+            import json
+
+            fields["compiler"] = json.dumps(e["compiler"])
         if e.get("rules"):
             fields["rules"] = _flow({name: "on" if on else "off" for name, on in e["rules"].items()})
         lines.append(f"  {chip}: {_flow(fields)}")
     return "\n".join(lines) + "\n"
 
 
-def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
-    """Put `tuned` under the chip in the spec's `tune:` section, keeping the other chips'
-    entries and the rest of the file as written."""
-    from codegen.build import write_files
-
-    text = spec_path.read_text(encoding="utf-8")
-    entries = {
+def _entries(spec) -> dict[str, dict]:
+    return {
         chip: {"shapes": e.shapes, "blocks": e.blocks, "estimated_cycles": e.estimated_cycles, "compiler": e.compiler,
                "rules": {name: switch.enabled for name, switch in e.rules.items()}}
-        for chip, e in built.spec.tune.items()
+        for chip, e in spec.tune.items()
     }
+
+
+def _as_written(entries: dict[str, dict]) -> dict[str, dict]:
+    """`entries` as they read back from tune_section's text, which leaves out what is empty."""
+    return {chip: {**e, "estimated_cycles": e.get("estimated_cycles") or None, "compiler": e.get("compiler") or "",
+                   "rules": dict(e.get("rules") or {})}
+            for chip, e in entries.items()}
+
+
+def _layout_problem(text: str) -> tuple[str, int] | None:
+    """Why a `tune:` section put in place of the old one, or else at the end of `text`,
+    would not be part of the spec's top-level mapping (and on which line), or None
+    where it would."""
+    old = _OLD_SECTION.search(text)
+    old_line = text.count("\n", 0, old.start()) + 1 if old else None
+    started = False
+    for number, line in enumerate(text.splitlines(), 1):
+        body = line.rstrip()
+        if not started:
+            if not body or body.lstrip().startswith("#") or body.startswith("%"):
+                continue
+            if re.match(r"---(\s|$)", body):
+                rest = body[3:].strip()
+                if not rest or rest.startswith("#"):
+                    continue
+                if not rest.startswith(("{", "[")):
+                    return "the spec's first key is on its '---' line", number
+                body = rest
+            started = True
+            if body.startswith(("{", "[")):
+                return "the spec is written as one flow mapping ({...})", number
+            if body[0] in " \t":
+                return "the spec's top-level keys are indented", number
+        elif re.match(r"(\.\.\.|---)(\s|$)", body) and (old_line is None or old_line > number):
+            return f"line {number} ends the YAML document ('{body[:3]}'): a section after it is not part of the spec", number
+    return None
+
+
+def spec_to_rewrite(spec_path: Path) -> Path:
+    """The file tune writes for `spec_path`: through a symlink to its target, so that
+    the link stays a link; refused where the spec is read-only or laid out so that a
+    `tune:` section cannot be added to it as text."""
+    import os
+    import shlex
+    import stat
+
+    from codegen.errors import Location, SpecError
+
+    where = Location(str(spec_path), 1, 1)
+    try:
+        target = spec_path.resolve(strict=True)
+        mode = target.stat().st_mode
+        text = target.read_bytes().decode("utf-8")
+    except (OSError, RuntimeError) as err:
+        raise SpecError(f"cannot read spec: {getattr(err, 'strerror', None) or err}", where) from None
+    except UnicodeDecodeError:
+        raise SpecError("the spec is not UTF-8 text", where) from None
+    # A rename over it would ignore its mode; and root's os.access says writable whatever the mode.
+    if not os.access(target, os.W_OK) or not mode & stat.S_IWUSR:
+        raise SpecError("the spec is read-only; tune writes its winner into the spec", where,
+                        f"make it writable (chmod u+w {shlex.quote(str(spec_path))}), or tune with --dry-run")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise SpecError(f"the spec's folder {target.parent} is not writable; tune replaces the spec with a new file "
+                        "there", where, "make the folder writable, or tune with --dry-run")
+    problem = _layout_problem(text)
+    if problem:
+        raise SpecError(f"cannot add a tune entry to the spec as it is laid out: {problem[0]}",
+                        Location(str(spec_path), problem[1], 1), _LAYOUT_HINT)
+    return target
+
+
+def write_tune_entry(spec_path: Path, built: Built, tuned: Tuned) -> None:
+    """Put `tuned` under the chip in the spec's `tune:` section, keeping the other chips'
+    entries and the rest of the file as written (its line endings and mode included)."""
+    from codegen.build import write_files
+    from codegen.errors import Location, SpecError
+    from codegen.spec import parse_spec
+
+    target = spec_to_rewrite(spec_path)
+    text = target.read_bytes().decode("utf-8")
+    newline = "\r\n" if "\r\n" in text else "\n"
+    entries = _entries(built.spec)
     entries[tuned.chip] = {"shapes": tuned.shapes, "blocks": tuned.blocks, "estimated_cycles": tuned.cycles,
                            "compiler": tuned.compiler, "rules": tuned.rules}
-    # The old section: its `tune:` line and every indented, blank or comment line after it.
-    kept = re.sub(r"(?m)^tune:.*\n(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*)\n)*", "", text)
-    if kept and not kept.endswith("\n"):
-        kept += "\n"
-    write_files({spec_path: kept + tune_section(entries)})
+    section = tune_section(entries).replace("\n", newline)
+    # The old section (its `tune:` line and every indented, blank or comment line after
+    # it) is replaced where it stands; without one, the section goes at the end.
+    old = _OLD_SECTION.search(text)
+    if old:
+        new_text = text[: old.start()] + section + _OLD_SECTION.sub("", text[old.end():])
+    else:
+        new_text = text + (newline if text and not text.endswith("\n") else "") + section
+    # What the text edit made is checked by the loader itself before it replaces the spec.
+    problem = ""
+    try:
+        again = parse_spec(new_text, str(spec_path), built.spec.overrides or None)
+    except SpecError as err:
+        problem = f"the spec would no longer load ({err.message})"
+    else:
+        if _as_written(_entries(again)) != _as_written(entries):
+            problem = "the spec would not read back with the entries written"
+    if problem:
+        raise SpecError(f"cannot add a tune entry to the spec as it is laid out: {problem}",
+                        Location(str(spec_path), 1, 1), _LAYOUT_HINT)
+    write_files({target: new_text}, shown=lambda _: str(spec_path))

@@ -7,6 +7,7 @@ tensors and accumulators, never at what the kernel is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -126,6 +127,18 @@ class Plan:
         """Jagged axes of the pipeline grid that are not the ordered one: a static grid
         launches cdiv(max, block) of their tiles per segment."""
         return [a for a in self.pipeline_grid if self.axes[a].mode == "jagged" and a != self.ir.ordered_axis]
+
+    def per_segment_outputs(self, axis: str) -> list[str]:
+        """The outputs that the tiles of a jagged parallel axis write whole, not along it: a
+        value per segment, which an empty segment's first tile must write too, though it
+        holds no rows."""
+        return [t.name for t in self.ir.outputs if axis not in t.dims]
+
+    @property
+    def idle_tile_axes(self) -> list[str]:
+        """The jagged parallel axes some of whose tiles do no work: all but an axis kept
+        whole (one tile per segment) whose tile writes a value per segment, even when empty."""
+        return [a for a in self.jagged_parallel_axes if not (self.axes[a].whole and self.per_segment_outputs(a))]
 
     @property
     def visit_maps(self) -> list[str]:
@@ -437,6 +450,16 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
         for pos, d in enumerate(t.dims[-2:]):
             need = LANES if pos == len(t.dims[-2:]) - 1 else sublane_tile(t.dtype)
             last_two.setdefault(d, []).append((t.name, need))
+    # Where an axis is a major dim of some tensor and never a lane dim, a tensor holding it
+    # second-to-last can take it one index at a time, as the others do, with a unit dim
+    # inserted before its last (Plan.unit_major): not whole, at a size nobody gave.
+    major: dict[str, set[str]] = {}
+    lanes: set[str] = set()
+    for t in k.tensors.values():
+        if not t.scalar:
+            lanes.add(t.dims[-1])
+            for d in t.dims[:-2]:
+                major.setdefault(d, set()).add(t.name)
     plans = {}
     segments = {a.segment for a in k.axes.values() if a.segment}
     used |= segments
@@ -486,6 +509,12 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
                                    "tiled (block given); blocks are independent, 'parallel'")
         elif name in k.reduced_axes:
             plans[name] = AxisPlan(name, "full", None, None, 1, "reduced over inside a block: whole extent in VMEM")
+        elif name in last_two and axis.max is None and name in major and name not in lanes:
+            plans[name] = AxisPlan(
+                name, "squeezed", "parallel", None, 1,
+                f"a major dim of {', '.join(sorted(major[name]))} without a block or max: one grid step per index; "
+                f"a unit dim follows it in {', '.join(sorted({t for t, _ in last_two[name]}))}, which hold it second-to-last",
+            )
         elif name in last_two:
             plans[name] = AxisPlan(name, "full", None, None, 1,
                                    f"in the last two dims of {', '.join(sorted({t for t, _ in last_two[name]}))} without a block: whole extent")
@@ -496,6 +525,16 @@ def _classify_axes(k: ir.KernelIR) -> dict[str, AxisPlan]:  # noqa: C901
 
 
 def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
+    """The spec's blocks, then each tune entry's, fit the TPU's tiling: a build for any
+    chip defaults to that chip's entry."""
+    _check_blocks_tile(k, axes, lambda d: k.axes[d].block_loc, "")
+    for entry in k.spec.tune.values():
+        tuned = {name: dataclasses.replace(a, block=entry.blocks[name]) if name in entry.blocks else a
+                 for name, a in axes.items()}
+        _check_blocks_tile(k, tuned, lambda d: entry.block_locs.get(d, k.axes[d].block_loc), f"tune.{entry.chip}: ")
+
+
+def _check_blocks_tile(k: ir.KernelIR, axes: dict[str, AxisPlan], block_loc, where_from: str) -> None:
     for t in k.tensors.values():
         if t.scalar:
             continue
@@ -505,9 +544,9 @@ def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
             block, row = axes[t.dims[0]].block, LANES * (4 // ITEMSIZE[t.dtype])
             if block % (8 * LANES) and not (block >= row and block & (block - 1) == 0):
                 raise SpecError(
-                    f"block {block} of axis '{t.dims[0]}' breaks TPU tiling for '{t.name}', a rank-1 "
+                    f"{where_from}block {block} of axis '{t.dims[0]}' breaks TPU tiling for '{t.name}', a rank-1 "
                     f"{t.dtype} block: it must be a power of two of at least {row}, or a multiple of {8 * LANES}",
-                    k.axes[t.dims[0]].block_loc,
+                    block_loc(t.dims[0]),
                     f"use e.g. {max(row, 256)}",
                 )
         tail = t.dims[-2:]
@@ -520,9 +559,9 @@ def _check_tiling(k: ir.KernelIR, axes: dict[str, AxisPlan]) -> None:
             if a.block % need:
                 where = "last (lane)" if lane else "second-to-last (sublane)"
                 raise SpecError(
-                    f"block {a.block} of axis '{d}' breaks TPU tiling: it is the {where} dim of "
+                    f"{where_from}block {a.block} of axis '{d}' breaks TPU tiling: it is the {where} dim of "
                     f"'{t.name}' ({t.dtype}), so its block must be a multiple of {need}",
-                    k.axes[d].block_loc,
+                    block_loc(d),
                     f"use a multiple of {need}, or drop the block to keep the whole extent",
                 )
 
@@ -663,6 +702,9 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
             inputs[index].alias_output = len(outputs) - 1
 
     plan = Plan(k, CHIPS[chip], axes, grid, inputs, outputs, enabled, lowering, reason, pipeline_grid)
+    plan.unit_major += [t.name for t in k.tensors.values()
+                        if not t.scalar and len(t.dims) >= 2 and axes[t.dims[-2]].mode == "squeezed"
+                        and axes[t.dims[-1]].mode != "squeezed"]
     for op in inputs + outputs:
         t = k.tensors[op.tensor]
         if op.memory == "blocked" and not plan.block_dims(t.dims):
@@ -703,12 +745,33 @@ def make_plan(k: ir.KernelIR, chip: str = "v5e") -> Plan:
     for rule in RULES:
         plan.decisions.extend(rule.apply(plan, enabled[rule.name]))
     unit.finish(plan)
+    for t in k.tensors.values():
+        # Blocks of a rank-1 array are sliced at whole tiles of its lanes; a segment's
+        # first row can be anywhere (Mosaic: "dynamic offset ... multiple of the word size").
+        if not t.scalar and len(t.dims) == 1 and axes[t.dims[0]].mode == "jagged" and t.dims[0] not in plan.aligned_tiles:
+            raise SpecError(
+                f"'{t.name}' [{t.dims[0]}] would be read in blocks that start at each segment's first row, which "
+                f"Mosaic cannot slice from a rank-1 array (only at multiples of its {LANES}-element tiles)",
+                t.loc,
+                f"give it a dim that stays in the block (a [{t.dims[0]}, ...] tensor), or let aligned_tiles fire "
+                "(see `codegen plan` for why it did not), which aligns the blocks to the array",
+            )
     for op in plan.inputs:
         if op.memory == "blocked" and not plan.index_axes(op.tensor):
             op.buffers = 1  # the same block at every grid step: fetched once, resident in VMEM
 
     plan.vmem = _estimate_vmem(plan)
     total = plan.vmem.total
+    if total > plan.chip.vmem_bytes and plan.vmem.assumed:
+        # A whole-extent axis of unknown size: smaller blocks would not help.
+        name = plan.vmem.assumed[0]
+        raise SpecError(
+            f"the plan needs {total / MiB:.1f} MiB of VMEM, over the {plan.chip.vmem_bytes // MiB} MiB of a "
+            f"{plan.chip.name} TensorCore, counting {ASSUMED_EXTENT} for '{name}', which every block holds whole "
+            f"({axes[name].reason}) and whose size is not known",
+            k.axes[name].loc,
+            f"give '{name}' a max (`{name}: {{max: N}}`) or a block, or use smaller blocks",
+        )
     if total > plan.chip.vmem_bytes:
         # Blame the largest size in the estimate: a block, or the max of a whole-extent axis.
         sizes = [(a.block, a.block_loc, "blocks") for a in k.axes.values() if a.block_loc is not None]

@@ -277,6 +277,12 @@ class Section:
         return self.loads + self.indices + self.masked_loads + self.lines
 
 
+def placed_by_consumers(st: ir.Statement) -> bool:
+    """Whether a statement is emitted only where a consumer reads it by name: a named boolean,
+    which a consumer of higher rank computes again from its operands instead (boolean_at)."""
+    return st.target == "value" and st.value.dtype == "bool"
+
+
 class KernelPrinter:
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -353,6 +359,10 @@ class KernelPrinter:
             # Positions are computed at the result's rank: Mosaic cannot reshape a 1-D vector
             # of rows into a column (index(t) < 3, broadcast over d).
             return self.expr_at(arg, self.plan.layout(result), sec)
+        if missing and arg.dtype == "bool":
+            # So is a boolean, through its operands: Mosaic cannot reshape a vector of i1
+            # (where(r > 0, x, 0) with r [m]: r[:, None] > 0, not (r > 0)[:, None]).
+            return self.boolean_at(arg, self.plan.layout(result), sec)
         text, prec = self.expr(arg, sec)
         if not missing:
             return text, prec
@@ -362,8 +372,12 @@ class KernelPrinter:
 
     def positional(self, v: ir.Value) -> bool:
         """Whether `v` is computed from positions (index()) and scalars alone."""
+        def scalar(c: ir.Value) -> bool:  # extent(t) - extent(tq) is one number per segment
+            return (self.is_static(c) or isinstance(c, (ir.Extent, ir.RuntimeScalar))
+                    or isinstance(c, ir.Elementwise) and all(scalar(a) for a in c.args))
+
         def scalar_or_positional(c: ir.Value) -> bool:
-            return self.is_static(c) or isinstance(c, (ir.Extent, ir.RuntimeScalar)) or self.positional(c)
+            return scalar(c) or self.positional(c)
 
         if isinstance(v, ir.Index):
             return True
@@ -380,6 +394,22 @@ class KernelPrinter:
         finally:
             self.plan.layouts.update(saved)
 
+    def boolean_at(self, v: ir.Value, layout, sec: Section) -> tuple[str, int]:
+        """`v`, a boolean, printed at `layout`: a comparison or a combination of booleans takes
+        the layout itself, and its operands are broadcast to it, down to the numbers compared;
+        a named boolean is computed again there from its statement's value."""
+        if isinstance(v, ir.ValueRef):
+            st = next(s for s in self.k.statements if s.name == v.name)
+            return self.boolean_at(st.value, layout, sec)
+        if not isinstance(v, ir.Elementwise):
+            raise AssertionError(f"a boolean {type(v).__name__} cannot be broadcast without a reshape")
+        saved = self.plan.layouts[id(v)]
+        try:
+            self.plan.layouts[id(v)] = layout
+            return self.expr(v, sec)
+        finally:
+            self.plan.layouts[id(v)] = saved
+
     def elementwise(self, v: ir.Elementwise, sec: Section) -> tuple[str, int]:
         if v.fn in BINARY_OPS:
             prec = BINARY_OPS[v.fn]
@@ -388,7 +418,7 @@ class KernelPrinter:
             left = prec + 1 if prec == COMPARE else prec  # a < b < c would chain
             return f"{self.paren(a, pa, left)} {v.fn} {self.paren(b, pb, prec + 1)}", prec
         if v.fn in ("neg", "not"):
-            a, pa = self.expr(v.args[0], sec)
+            a, pa = self.operand(v.args[0], v, sec)
             return f"{'-' if v.fn == 'neg' else '~'}{self.paren(a, pa, 3)}", 3
         args = [self.operand(a, v, sec)[0] for a in v.args]
         if v.fn == "where":
@@ -632,12 +662,14 @@ class KernelPrinter:
 
     # -- statements
     def ensure_statement(self, name: str, sec: Section) -> None:
-        """Emit a neutral statement into the section that first needs it."""
+        """Emit a neutral statement, or a named boolean, into the section that first needs it."""
         st = next(s for s in self.k.statements if s.name == name)
-        if st.phase == "neutral":
-            self.statement(st, sec)
+        if st.phase == "neutral" or placed_by_consumers(st):
+            self.statement(st, sec, demanded=True)
 
-    def statement(self, st: ir.Statement, sec: Section) -> None:
+    def statement(self, st: ir.Statement, sec: Section, demanded: bool = False) -> None:
+        if placed_by_consumers(st) and not demanded:
+            return  # a consumer of higher rank computes it again from its operands (boolean_at)
         key = (sec.phase, sec.pass_index, st.name)
         if key in self.emitted:
             return

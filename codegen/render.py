@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shlex
 import textwrap
 from pathlib import Path
 
@@ -200,14 +202,16 @@ class Entry:
         ]
 
     def block_bound(self, a: str) -> str:
-        """What a block along `a` may not exceed: a jagged axis's max, else the axis's size."""
-        return self.k.axes[a].jagged.max if self.plan.axes[a].mode == "jagged" else a
+        """What a block along `a` may not exceed: a jagged axis's max, else the axis's size.
+        A max of 0 (every segment empty) counts as 1: each segment still takes a tile,
+        which writes its outputs."""
+        return f"max({self.k.axes[a].jagged.max}, 1)" if self.plan.axes[a].mode == "jagged" else a
 
     def block_sizes(self) -> None:
         for a in self.blocked_axes():
             ap = self.plan.axes[a]
             if ap.whole:  # the plan keeps each segment in one tile
-                bound = self.block_bound(a)
+                bound = self.k.axes[a].jagged.max
                 self.lines.append(f"if {bound} > block_{a}:")
                 self.lines.append(
                     f'    raise ValueError(f"{bound}={{{bound}}}: each segment of {a} is held whole in one tile, '
@@ -301,8 +305,9 @@ class Entry:
         if p.needs_tpu_facts:  # the kernel is traced for the TPU that _target_tpu names
             call = ["with _target_tpu(interpret):"] + [f"    {line}" for line in call]
         # No backward kernel exists: differentiating raises a clear error instead of failing inside Pallas.
-        guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
-        call.insert(0, f'{guarded} = _forward_only("{k.name}", {", ".join(args)})')
+        if args:  # a kernel of positions alone takes no array to differentiate
+            guarded = f"{', '.join(args)}{',' if len(args) == 1 else ''}"
+            call.insert(0, f'{guarded} = _forward_only("{k.name}", {", ".join(args)})')
         return self.lines + call
 
     def debug_checks(self) -> list[str]:
@@ -395,12 +400,14 @@ def tuned_line(plan: Plan) -> str:
 
 
 def build_options(chip: str, overrides: dict[str, object]) -> str:
-    parts = [f"--chip {chip}"]
-    for name in sorted(overrides):
-        value = overrides[name]
-        text = str(value).lower() if isinstance(value, bool) else (literal(value) if isinstance(value, (int, float)) else value)
-        parts.append(f"-D {name}={text}")
-    return " ".join(parts)
+    """The build's options as a command line takes them: each -D value as -D reads it
+    back (infinity is `.inf` there, while the module's Python spells it `jnp.inf`)."""
+    def value(v) -> str:
+        if isinstance(v, float) and math.isinf(v):
+            return ".inf" if v > 0 else "-.inf"
+        return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else shlex.quote(str(v))
+
+    return " ".join([f"--chip {chip}"] + [f"-D {name}={value(overrides[name])}" for name in sorted(overrides)])
 
 
 def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> str:

@@ -415,7 +415,7 @@ class IdleTilesHold(Rule):
 
     def apply(self, plan, enabled):
         k, ordered = plan.ir, plan.ir.ordered_axis
-        idle = plan.jagged_parallel_axes
+        idle = plan.idle_tile_axes
         if not plan.unit.launches_idle_tiles or not idle:
             return [Decision(self.name, "-", False, "no tile is launched past its segment's end")]
         if ordered is None:

@@ -260,10 +260,10 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpre
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("q_offsets", q_offsets, sq, "max_seq_len", max_seq_len)
-    block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
+    block_sq = _block_size("block_sq", block_sq, max(max_seq_len, 1), 1)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
-    num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
+    num_sq_tiles = pl.cdiv(max(max_seq_len, 1), block_sq)
     # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
     num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
     sq_tiles = pl.cdiv(jnp.maximum(q_offsets[1:] - q_offsets[:-1], 0), block_sq)

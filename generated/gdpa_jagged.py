@@ -323,15 +323,15 @@ def gdpa_jagged(
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("q_offsets", q_offsets, sq, "max_seq_len_q", max_seq_len_q)
         _check_offsets("kv_offsets", kv_offsets, skv, "max_seq_len_kv", max_seq_len_kv)
-    block_sq = _block_size("block_sq", block_sq, max_seq_len_q, 1)
-    block_skv = _block_size("block_skv", block_skv, max_seq_len_kv, 1)
+    block_sq = _block_size("block_sq", block_sq, max(max_seq_len_q, 1), 1)
+    block_skv = _block_size("block_skv", block_skv, max(max_seq_len_kv, 1), 1)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
     if skv == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
         k = jnp.zeros((1, h, d), jnp.bfloat16)
         v = jnp.zeros((1, h, d), jnp.bfloat16)
-    num_sq_tiles = pl.cdiv(max_seq_len_q, block_sq)
-    num_skv_tiles = pl.cdiv(max_seq_len_kv, block_skv)
+    num_sq_tiles = pl.cdiv(max(max_seq_len_q, 1), block_sq)
+    num_skv_tiles = pl.cdiv(max(max_seq_len_kv, 1), block_skv)
     # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
     num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
     sq_tiles = pl.cdiv(jnp.maximum(q_offsets[1:] - q_offsets[:-1], 0), block_sq)

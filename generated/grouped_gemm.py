@@ -348,12 +348,12 @@ def grouped_gemm(
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("group_offsets", group_offsets, t, "max_group_size", max_group_size)
     block_n = _block_size("block_n", block_n, n, 128)
-    block_t = _block_size("block_t", block_t, pl.cdiv(max_group_size, 16) * 16, 16)
+    block_t = _block_size("block_t", block_t, pl.cdiv(max(max_group_size, 1), 16) * 16, 16)
     block_k = _block_size("block_k", block_k, k, 128)
     if t == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((t, n), jnp.float32)
     num_n_tiles = pl.cdiv(n, block_n)
-    num_t_tiles = pl.cdiv(max_group_size + block_t - 1, block_t)
+    num_t_tiles = pl.cdiv(max(max_group_size, 1) + block_t - 1, block_t)
     num_k_tiles = pl.cdiv(k, block_k)
     # real_tiles_only: the pipeline visits the real 't' tiles of every segment, and no others
     num_t_visits = min(g * num_t_tiles, pl.cdiv(t, block_t) + g - 1)

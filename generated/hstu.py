@@ -328,15 +328,15 @@ def hstu(
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("seq_offsets", seq_offsets, sq, "max_seq_len", max_seq_len)
         _check_offsets("seq_offsets", seq_offsets, skv, "max_seq_len", max_seq_len)
-    block_sq = _block_size("block_sq", block_sq, max_seq_len, 1)
-    block_skv = _block_size("block_skv", block_skv, max_seq_len, 1)
+    block_sq = _block_size("block_sq", block_sq, max(max_seq_len, 1), 1)
+    block_skv = _block_size("block_skv", block_skv, max(max_seq_len, 1), 1)
     if sq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((sq, h, d), jnp.bfloat16)
     if skv == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
         k = jnp.zeros((1, h, d), jnp.bfloat16)
         v = jnp.zeros((1, h, d), jnp.bfloat16)
-    num_sq_tiles = pl.cdiv(max_seq_len, block_sq)
-    num_skv_tiles = pl.cdiv(max_seq_len, block_skv)
+    num_sq_tiles = pl.cdiv(max(max_seq_len, 1), block_sq)
+    num_skv_tiles = pl.cdiv(max(max_seq_len, 1), block_skv)
     # real_tiles_only: the pipeline visits the real 'sq' tiles of every segment, and no others
     num_sq_visits = min(b * num_sq_tiles, (sq + b * (block_sq - 1)) // block_sq)
     sq_tiles = pl.cdiv(jnp.maximum(seq_offsets[1:] - seq_offsets[:-1], 0), block_sq)

@@ -240,10 +240,10 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, debug=False, interpr
         raise ValueError(
             f"max_seq_len={max_seq_len}: each segment of t is held whole in one tile, so it must be at most block_t={block_t}"
         )
-    block_t = _block_size("block_t", block_t, pl.cdiv(max_seq_len, 8) * 8, 8)
+    block_t = _block_size("block_t", block_t, pl.cdiv(max(max_seq_len, 1), 8) * 8, 8)
     if t == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((t, h), jnp.float32)
-    num_t_tiles = pl.cdiv(max_seq_len, block_t)
+    num_t_tiles = pl.cdiv(max(max_seq_len, 1), block_t)
     # real_tiles_only: the pipeline visits the real 't' tiles of every segment, and no others
     num_t_visits = min(b * num_t_tiles, (t + b * (block_t - 1)) // block_t)
     t_tiles = pl.cdiv(jnp.maximum(offsets[1:] - offsets[:-1], 0), block_t)

@@ -271,11 +271,11 @@ def _ragged_paged_attention_kernel(
 
     @pl.when(tile_valid)
     def _copy_rows_in():
-        copy = pltpu.make_async_copy(
+        q_rows_copy = pltpu.make_async_copy(
             q_hbm_ref.at[tq_rows, kvh_index], q_rows.at[pl.ds(0, tq_rows.size)], rows_sems.at[0]
         )
-        copy.start()
-        copy.wait()
+        q_rows_copy.start()
+        q_rows_copy.wait()
 
     def step(t_index, carry):
         slot = slot_ref[0]
@@ -301,12 +301,8 @@ def _ragged_paged_attention_kernel(
         v_pages = v_pages_buffer[slot]
         t_start = t_index * block_t
         s = jnp.where(
-            (
-                t_start + lax.broadcasted_iota(jnp.int32, (1, block_t), 1)
-                <= (
-                    t_size - tq_size + (tq_start + lax.broadcasted_iota(jnp.int32, (block_tq,), 0))
-                )[:, None]
-            )[:, None, :],
+            t_start + lax.broadcasted_iota(jnp.int32, (1, 1, block_t), 2)
+            <= t_size - tq_size + (tq_start + lax.broadcasted_iota(jnp.int32, (block_tq, 1, 1), 0)),
             lax.dot_general(
                 q, k_pages, (((2,), (1,)), ((), ())), preferred_element_type=jnp.float32
             )
@@ -334,11 +330,11 @@ def _ragged_paged_attention_kernel(
 
     @pl.when(tile_valid)
     def _copy_rows_out():
-        copy = pltpu.make_async_copy(
+        out_rows_copy = pltpu.make_async_copy(
             out_rows.at[pl.ds(0, tq_rows.size)], out_hbm_ref.at[tq_rows, kvh_index], rows_sems.at[1]
         )
-        copy.start()
-        copy.wait()
+        out_rows_copy.start()
+        out_rows_copy.wait()
 
 
 def ragged_paged_attention(
@@ -404,7 +400,7 @@ def ragged_paged_attention(
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("cu_q_lens", cu_q_lens, tq, "max_q_len", max_q_len)
         _check_pages("kv_lens", kv_lens, "page_indices", page_indices, num_pages, page_size)
-    block_tq = _block_size("block_tq", block_tq, max_q_len, 1)
+    block_tq = _block_size("block_tq", block_tq, max(max_q_len, 1), 1)
     if tq == 0:  # every segment is empty: nothing to compute
         return jnp.zeros((tq, kvh * g, d), jnp.bfloat16)
     kernel = functools.partial(
@@ -444,7 +440,7 @@ def ragged_paged_attention(
             kernel,
             grid_spec=pltpu.PrefetchScalarGridSpec(
                 num_scalar_prefetch=3,
-                grid=(b, kvh, pl.cdiv(max_q_len, block_tq)),
+                grid=(b, kvh, pl.cdiv(max(max_q_len, 1), block_tq)),
                 in_specs=[
                     pl.BlockSpec(memory_space=pl.ANY),
                     pl.BlockSpec(memory_space=pl.ANY),

@@ -230,10 +230,10 @@ def segment_mean(x, offsets, *, max_seq_len, block_t=1024, debug=False, interpre
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("offsets", offsets, t, "max_seq_len", max_seq_len)
-    block_t = _block_size("block_t", block_t, pl.cdiv(max_seq_len, 8) * 8, 8)
+    block_t = _block_size("block_t", block_t, pl.cdiv(max(max_seq_len, 1), 8) * 8, 8)
     if t == 0:  # no rows in any segment: the offsets keep every read off this stand-in row
         x = jnp.zeros((1, d), jnp.float32)
-    num_t_tiles = pl.cdiv(max_seq_len + block_t - 1, block_t)
+    num_t_tiles = pl.cdiv(max(max_seq_len, 1) + block_t - 1, block_t)
     # a bounded block's last DMA reads to its tile's edge: a TPU's tiled HBM layout holds that padding, the interpreter's arrays do not
     if interpret is not False:
         x = jnp.pad(x, ((0, -x.shape[0] % 8), (0, 0)))

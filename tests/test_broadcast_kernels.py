@@ -10,7 +10,7 @@ import pytest
 
 from codegen.verify import Case, lower_for_tpu
 
-from conftest import SPECS, checked_in_module
+from conftest import SPECS, build_text, checked_in_module
 
 RNG = np.random.default_rng(7)
 
@@ -100,3 +100,43 @@ def test_lowers_for_tpu(name):
     module = checked_in_module(name)
     for sizes in (SIZES[name], {a: n - 3 for a, n in SIZES[name].items()}):
         assert "tpu_custom_call" in lower_for_tpu(module, plan, Case("t", sizes))
+
+
+# Attention that also writes its logsumexp, and attention under a key mask per batch:
+# 'head' (or 'batch') is a major dim of q, k, v and out, and the second-to-last of lse (or
+# kmask), which takes it one index at a time too, with a unit dim before its last.
+LSE_ATTENTION = (SPECS / "attention.yaml").read_text().split("\ntune:")[0].replace(
+    "  out: {dims: [batch, head, sq, d], dtype: float32}\n",
+    "  out: {dims: [batch, head, sq, d], dtype: float32}\n  lse: {dims: [batch, head, sq], dtype: float32}\n",
+).replace("  out: acc / l", "  out: acc / l\n  lse: m + log(l)") + "\n"
+KEY_MASKED_ATTENTION = (SPECS / "attention.yaml").read_text().split("\ntune:")[0].replace(
+    "  out: {dims: [batch, head, sq, d], dtype: float32}\n",
+    "  out: {dims: [batch, head, sq, d], dtype: float32}\n  kmask: {dims: [batch, skv], dtype: int32}\n",
+).replace("  s: dot(q, k, over=d) * rsqrt(extent(d))", "  s: where(kmask > 0, dot(q, k, over=d) * rsqrt(extent(d)), -1.0e30)").replace(
+    "init: -.inf}", "init: -1.0e30}") + "\n"
+
+
+@pytest.mark.parametrize("text, axis, tensor, block", [(LSE_ATTENTION, "head", "lse", "(None, None, 1, block_sq)"),
+                                                      (KEY_MASKED_ATTENTION, "batch", "kmask", "(None, 1, block_skv)")],
+                         ids=["lse", "key_mask"])
+def test_a_major_axis_held_second_to_last_is_taken_an_index_at_a_time(tmp_path, text, axis, tensor, block):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, text)
+    assert built.plan.axes[axis].mode == "squeezed" and tensor in built.plan.unit_major
+    assert f"pl.BlockSpec({block}, {tensor}_index_map)" in built.source
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v6e", "v7x"])
+@pytest.mark.parametrize("text", [LSE_ATTENTION, KEY_MASKED_ATTENTION], ids=["lse", "key_mask"])
+def test_a_major_axis_held_second_to_last_compiles(tmp_path, text, chip):
+    from codegen.tpu_compile import compile_kernels, libtpu_installed
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+    built = build_text(tmp_path, text)
+    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
+    assert all(r.ok for r in results), [r.error[:300] for r in results]

@@ -145,3 +145,64 @@ def test_lowers_for_tpu():
     sizes = {"b": 8, "tq": 512, "kvh": 2, "g": 4, "t": 0, "d": 128, "pages": 16, "num_pages": 200, "page_size": 16}
     case = Case("lowering", sizes, maxima={"max_q_len": 128})
     assert "tpu_custom_call" in lower_for_tpu(checked_in_module("ragged_paged_attention"), plan, case)
+
+
+def test_every_input_copied_in_by_rows_is_copied(tmp_path):
+    """Two inputs of query rows (q, and a gate on the output): each is copied into VMEM
+    and waited for, not only the last one named."""
+    from codegen.verify import verify_built
+
+    text = (SPECS / "ragged_paged_attention.yaml").read_text()
+    text = text.replace("  out: {dims: [tq, kvh*g, d]", "  gate: {dims: [tq, kvh*g, d], dtype: bfloat16}\n  out: {dims: [tq, kvh*g, d]")
+    text = text.replace("  out: acc / maximum(l, 1.0)", "  out: acc / maximum(l, 1.0) * gate")
+    built = build_text(tmp_path, text)
+    assert "gate_rows_copy.wait()" in built.source and "q_rows_copy.wait()" in built.source
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+
+
+# Ragged paged attention with a plain head axis: 'h' is a major dim of the pages and the
+# second-to-last of q and out, which the entry point passes as [tq, h, 1, d].
+PLAIN_HEADS = """\
+name: ragged_paged_plain_heads
+doc: Ragged paged attention without grouping or softmax, over plain heads.
+axes:
+  b: {}
+  tq: {jagged: {offsets: cu_q_lens, segment: b, max: max_q_len}, block: 128}
+  h: {}
+  t: {paged: {table: page_indices, lengths: kv_lens, segment: b, page_size: 16}, block: 2}
+  d: {max: 128}
+  pages: {}
+tensors:
+  q: {dims: [tq, h, d], dtype: float32}
+  k_pages: {dims: [h, t, d], dtype: float32}
+  v_pages: {dims: [h, t, d], dtype: float32}
+  kv_lens: {dims: [b], dtype: int32}
+  page_indices: {dims: [b, pages], dtype: int32}
+  cu_q_lens: {dims: [b+1], dtype: int32}
+  out: {dims: [tq, h, d], dtype: float32}
+compute:
+  out: dot(dot(q, k_pages, over=d), v_pages, over=t)
+"""
+
+
+def test_rows_passed_with_a_unit_dim_are_copied_through_it(tmp_path):
+    from codegen.verify import verify_built
+
+    built = build_text(tmp_path, PLAIN_HEADS)
+    assert {"q", "out"} <= set(built.plan.unit_major)
+    assert "q_hbm_ref.at[tq_rows, h_index, 0]" in built.source
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+
+
+@pytest.mark.parametrize("chip", ["v5e", "v7x"])
+def test_rows_passed_with_a_unit_dim_compile(tmp_path, chip):
+    from codegen.tpu_compile import compile_kernels, libtpu_installed
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+    built = build_text(tmp_path, PLAIN_HEADS)
+    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
+    assert all(r.ok for r in results), [r.error[:300] for r in results]

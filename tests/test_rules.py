@@ -189,8 +189,9 @@ def test_aligned_tiles_on_and_off(tmp_path):
     assert "pl.BlockSpec((pl.BoundedSlice(block_t), 1, d), x_index_map)" in off.source
     assert "_aligned_tile" not in off.source and "x = x.reshape(t, 1, d)" in off.source
     # A segment of max rows may start mid-block: one block more than cdiv(max, block).
-    assert "num_t_tiles = pl.cdiv(max_seq_len + block_t - 1, block_t)" in on.source
-    assert "num_t_tiles = pl.cdiv(max_seq_len, block_t)" in off.source
+    # (A max of 0 still gets one block: `max(M, 1)`.)
+    assert "num_t_tiles = pl.cdiv(max(max_seq_len, 1) + block_t - 1, block_t)" in on.source
+    assert "num_t_tiles = pl.cdiv(max(max_seq_len, 1), block_t)" in off.source
     # Masks on both sides of the segment's rows, and no work for an empty segment.
     assert "_mask_outside(x, axis=0, start=t_start, size=t_size" in on.source and "_mask_tail" not in on.source
     assert "lax.cond((jnp.maximum(t_start, 0) < t_size), step" in on.source

@@ -8,7 +8,7 @@ import pytest
 from codegen.build import build_source, plan_spec
 from codegen.verify import TILES, cases, max_error, verify_built
 
-from conftest import KERNELS, SPECS
+from conftest import KERNELS, SPECS, build_text
 
 
 def _tiles(size, block):
@@ -59,3 +59,46 @@ def test_verify_catches_a_stale_output_block(monkeypatch):
     assert not verify_built(built_stale, log=log.append)
     assert any("FAILED" in line for line in log)
     assert built_ok.plan.pipeline_grid == ["g", "n", "t", "k"]
+
+
+# Flash attention that rounds p to bfloat16 for the second matmul, into a float32 output.
+BF16_P_ATTENTION = """\
+name: bf16p_attention
+doc: Attention with p rounded to bfloat16 before it meets v.
+axes:
+  batch: {}
+  sq: {block: 128}
+  skv: {block: 128}
+  d: {max: 128}
+tensors:
+  q: {dims: [batch, sq, d], dtype: bfloat16}
+  k: {dims: [batch, skv, d], dtype: bfloat16}
+  v: {dims: [batch, skv, d], dtype: bfloat16}
+  out: {dims: [batch, sq, d], dtype: float32}
+accumulators:
+  m: {over: skv, dims: [batch, sq], init: -1.0e+30}
+  l: {over: skv, dims: [batch, sq], init: 0}
+  acc: {over: skv, dims: [batch, sq, d], init: 0}
+compute:
+  s: dot(q, k, over=d) * rsqrt(extent(d))
+  m_next: maximum(m, max(s, over=skv))
+  rescale: exp(m - m_next)
+  p: exp(s - m_next)
+  l: rescale * l + sum(p, over=skv)
+  acc: rescale * acc + dot(cast(p, bfloat16), v, over=skv)
+  m: m_next
+  out: acc / maximum(l, 1.0e-30)
+"""
+
+
+def test_a_cast_to_bfloat16_sets_the_tolerance_of_a_float32_output(tmp_path):
+    """The kernel rounds p against each step's running max, the reference against the
+    final one: they differ by bfloat16's rounding, which float32's tolerance failed."""
+    from codegen.verify import TOLERANCE, tolerance, verify_built
+
+    built = build_text(tmp_path, BF16_P_ATTENTION)
+    assert tolerance(built.plan.ir, "out") == TOLERANCE["bfloat16"]
+    log = []
+    assert verify_built(built, log=log.append), "\n".join(log)
+    uncast = build_text(tmp_path, BF16_P_ATTENTION.replace("cast(p, bfloat16)", "p"))
+    assert tolerance(uncast.plan.ir, "out") == TOLERANCE["float32"]  # bfloat16 inputs are exact

@@ -159,9 +159,11 @@ def _ref_comment(p: KernelPrinter, op) -> str:
 
 def _rows_copy(plan, op, direction: str) -> str:
     """A DMA of this tile's rows of `op` between HBM and its VMEM buffer."""
-    t = plan.ir.tensors[op.tensor]
     hbm, rows = [], None
-    for d in t.dims:
+    for d in plan.kernel_dims(op.tensor):
+        if d == "1":  # a unit dim the entry point inserted (Plan.unit_major): its one index
+            hbm.append("0")
+            continue
         mode = plan.axes[d].mode
         if mode == "jagged":
             rows = f"{d}_rows"
@@ -310,8 +312,11 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
             "@pl.when(tile_valid)",
             "def _copy_rows_in():",
         ]
-        lines += [f"    copy = {_rows_copy(plan, op, 'in')}" for op in plan.inputs if op.memory == "rows"]
-        lines += ["    copy.start()", "    copy.wait()", ""] if any(op.memory == "rows" for op in plan.inputs) else ["    pass", ""]
+        ins = [op for op in plan.inputs if op.memory == "rows"]
+        for op in ins:  # in turn: the copies in share one semaphore
+            lines += [f"    {op.tensor}_rows_copy = {_rows_copy(plan, op, 'in')}",
+                      f"    {op.tensor}_rows_copy.start()", f"    {op.tensor}_rows_copy.wait()"]
+        lines += [""] if ins else ["    pass", ""]
 
     step = sec
     for st in k.statements:
@@ -349,7 +354,8 @@ def _paged_body(plan, p: KernelPrinter) -> list[str]:  # noqa: C901
     if outs:
         lines += ["", "@pl.when(tile_valid)", "def _copy_rows_out():"]
         for op in outs:
-            lines += [f"    copy = {_rows_copy(plan, op, 'out')}", "    copy.start()", "    copy.wait()"]
+            lines += [f"    {op.tensor}_rows_copy = {_rows_copy(plan, op, 'out')}",
+                      f"    {op.tensor}_rows_copy.start()", f"    {op.tensor}_rows_copy.wait()"]
     p.uses.add("lax")
     return lines
 

@@ -89,10 +89,15 @@ class _Pipeline(Lowering):
                 plan.tile_padded_outputs[op.tensor] = padded
         # An aligned block's rows are sliced from the array itself, and the last block's DMA
         # reaches its tile's edge too (jax 0.12's interpreter reads it whole).
+        # A rank-1 tensor's rows are its lanes: its tile edge is a multiple of 128.
         for op in plan.inputs:
             t = plan.ir.tensors[op.tensor]
-            if op.memory == "blocked" and len(t.dims) >= 2 and t.dims[-2] in plan.aligned_tiles:
+            if op.memory != "blocked" or t.scalar:
+                continue
+            if len(t.dims) >= 2 and t.dims[-2] in plan.aligned_tiles:
                 plan.tile_padded_inputs[op.tensor] = [(len(t.dims) - 2, sublane_tile(t.dtype))]
+            elif len(t.dims) == 1 and t.dims[0] in plan.aligned_tiles:
+                plan.tile_padded_inputs[op.tensor] = [(0, LANES)]
         # Such an input is masked as it is read, in its own shape: Mosaic cannot select on the
         # block once the unit dim is merged away.
         for op in plan.inputs:
@@ -118,8 +123,11 @@ class _Pipeline(Lowering):
             loads = ", ".join(line.split(" = ")[1] for line in visit.values())
             body += [f"# {w}" for w in plan.why(plan.visited_tiles[1], "grid")] + [f"{', '.join(visit)} = {loads}"]
 
-        # Tiles past a segment's end are launched (the grid is static) but skip their work.
-        parallel_checks, idle_checks = [], []
+        # Tiles past a segment's end are launched (the grid is static) but skip their work;
+        # not an empty segment's first tile where an output has a value per segment: it writes
+        # that value (a reduction's identity through the statement), or its block would go
+        # back to HBM as the buffer left it.
+        parallel_checks, idle_checks, per_segment = [], [], []
         for a in plan.jagged_parallel_axes:
             body.append(f"{a}_size = {p.segment_extent(a)}")
             p.outer_names.add(f"{a}_size")
@@ -127,14 +135,27 @@ class _Pipeline(Lowering):
             if a in plan.aligned_tiles:  # a segment's first block may start before its rows
                 body.append(f"{a}_start = {p.tile_start_of(a, f'{a}_index', block)}")
                 p.outer_names.add(f"{a}_start")
-                parallel_checks.append(f"jnp.maximum({a}_start, 0) < {a}_size")
+                check = f"jnp.maximum({a}_start, 0) < {a}_size"
             else:
-                parallel_checks.append(f"{a}_index * {block} < {a}_size")
+                check = f"{a}_index * {block} < {a}_size"
             has_rows = p.tile_has_rows(a, f"{a}_index", block, p.segment_extent(a))
-            idle_checks.append(has_rows if a in plan.aligned_tiles else f"({has_rows})")  # a call needs no parentheses
+            has_rows = has_rows if a in plan.aligned_tiles else f"({has_rows})"  # a call needs no parentheses
+            if a not in plan.idle_tile_axes:
+                continue  # kept whole: its one tile per segment always does its work
+            written = plan.per_segment_outputs(a)
+            if written:
+                per_segment += written
+                check, has_rows = f"({check}) | ({a}_index == 0)", f"(({has_rows}) | ({a}_index == 0))"
+            parallel_checks.append(check)
+            idle_checks.append(has_rows)
         if parallel_checks:
             joined = " & ".join(f"({c})" if len(parallel_checks) > 1 else c for c in parallel_checks)
-            body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")
+            if per_segment:
+                written = ", ".join(dict.fromkeys(per_segment))
+                body.append(f"# a tile past its segment's end does no work; an empty segment's first still writes {written}")
+                body.append(f"tile_valid = {joined}")
+            else:
+                body.append(f"tile_valid = {joined}  # a tile past its segment's end does no work")
 
         if ordered is None:
             body += [""] + def_block("compute", p.section("step")) + [""]

@@ -50,6 +50,52 @@ def build_text(folder: Path, text: str, overrides=None, chip="v5e"):
     return build_source(write_spec(folder, text), overrides, chip)
 
 
+def assert_compiles(built, chip: str) -> None:
+    """`built` compiles for `chip` at verify's shapes, with the real TPU compiler (skipped
+    where libtpu is not installed: `pip install -e '.[tpu]'`)."""
+    from codegen.tpu_compile import compile_kernels, libtpu_installed
+    from codegen.verify import compile_cases, kernel_to_compile
+
+    if not libtpu_installed():
+        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
+    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
+    assert all(r.ok for r in results), [r.error[:300] for r in results]
+
+
+# A per-segment output beside a jagged axis walked in tiles (not kept whole): z is written
+# by every tile of its segment, and must be by an empty segment's too.
+SCALED_ROWS = """name: scaled_rows
+axes:
+  b: {}
+  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
+  d: {max: 128}
+tensors:
+  x: {dims: [t, d], dtype: float32}
+  w: {dims: [b, d], dtype: float32}
+  offsets: {dims: [b+1], dtype: int32}
+  y: {dims: [t, d], dtype: float32}
+  z: {dims: [b, d], dtype: float32}
+compute:
+  y: x * w
+  z: w * 2.0
+"""
+
+# A small valid spec that tests of bad input start from.
+GOOD_SPEC = """\
+name: k
+params:
+  alpha: 2.0
+axes:
+  m: {block: 8}
+  n: {block: 128}
+tensors:
+  x: {dims: [m, n], dtype: float32}
+  out: {dims: [m, n], dtype: float32}
+compute:
+  out: x * alpha
+"""
+
+
 def checked_in_module(name: str):
     """The generated module exactly as committed under generated/."""
     spec = importlib.util.spec_from_file_location(f"generated_{name}", GENERATED / f"{name}.py")

@@ -15,21 +15,9 @@ from codegen.cli import main
 from codegen.errors import Location, SpecError
 from codegen.spec import parse_override, parse_spec
 
+from conftest import GOOD_SPEC as GOOD
 from conftest import ROOT, SPECS, write_spec
 
-GOOD = """\
-name: k
-params:
-  alpha: 2.0
-axes:
-  m: {block: 8}
-  n: {block: 128}
-tensors:
-  x: {dims: [m, n], dtype: float32}
-  out: {dims: [m, n], dtype: float32}
-compute:
-  out: x * alpha
-"""
 PAGED = (SPECS / "paged_attention.yaml").read_text()
 GDPA = (SPECS / "gdpa.yaml").read_text()
 

@@ -15,21 +15,9 @@ from codegen.errors import SpecError
 from codegen.tune import Tuned, write_tune_entry
 from codegen.verify import Case
 
+from conftest import GOOD_SPEC as GOOD
 from conftest import write_spec
 
-GOOD = """\
-name: k
-params:
-  alpha: 2.0
-axes:
-  m: {block: 8}
-  n: {block: 128}
-tensors:
-  x: {dims: [m, n], dtype: float32}
-  out: {dims: [m, n], dtype: float32}
-compute:
-  out: x * alpha
-"""
 SHAPES = ["--shape", "m=64", "--shape", "n=256"]
 
 

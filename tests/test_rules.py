@@ -5,7 +5,7 @@ import pytest
 from codegen.report import format_plan
 from codegen.rules import RULES
 
-from conftest import SPECS, build_text
+from conftest import SCALED_ROWS, SPECS, assert_compiles, build_text
 from conftest import with_rule as add_rule
 
 
@@ -285,21 +285,7 @@ def test_aligned_tiles_beside_visits_over_real_tiles_and_a_position_mask(tmp_pat
 
 
 def test_real_tiles_only_keeps_every_segment_of_a_per_segment_output(tmp_path):
-    text = """name: scaled_rows
-axes:
-  b: {}
-  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
-  d: {max: 128}
-tensors:
-  x: {dims: [t, d], dtype: float32}
-  w: {dims: [b, d], dtype: float32}
-  offsets: {dims: [b+1], dtype: int32}
-  y: {dims: [t, d], dtype: float32}
-  z: {dims: [b, d], dtype: float32}
-compute:
-  y: x * w
-  z: w * 2.0
-"""
+    text = SCALED_ROWS
     built = build_text(tmp_path, text)
     assert built.plan.visited_tiles is None
     assert "z has a value per segment, which an empty segment, never visited, would not write" in format_plan(built.plan)
@@ -383,14 +369,8 @@ def test_kernels_no_shipped_spec_has_compile_for_every_chip(tmp_path, text, chip
     [b, 1, n]: as [b, n], libtpu 0.0.42 (the jax 0.10.2 session) aborts on it
     (lower_pass_base.cc, `dynamic_dim_it`), so there this fails without that layout;
     0.0.50.1 takes either."""
-    from codegen.tpu_compile import compile_kernels, libtpu_installed
-    from codegen.verify import compile_cases, kernel_to_compile
-
-    if not libtpu_installed():
-        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
     built = build_text(tmp_path, text)
-    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
-    assert all(r.ok for r in results), [r.error[:300] for r in results]
+    assert_compiles(built, chip)
 
 
 def test_every_rule_is_measured_by_rule_effects_or_says_why_not():
@@ -457,12 +437,6 @@ def test_positions_broadcast_over_other_dims_are_computed_at_their_rank(tmp_path
 def test_aligned_tiles_kernels_compile_for_every_chip(tmp_path, text, chip):
     """Merged writes of aligned blocks of jagged rows, and the position masks beside them,
     through the real compiler."""
-    from codegen.tpu_compile import compile_kernels, libtpu_installed
-    from codegen.verify import compile_cases, kernel_to_compile
-
-    if not libtpu_installed():
-        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
     built = build_text(tmp_path, text)
     assert built.plan.aligned_tiles
-    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], chip)
-    assert all(r.ok for r in results), [r.error[:300] for r in results]
+    assert_compiles(built, chip)

@@ -20,7 +20,7 @@ import pytest
 from codegen.report import format_plan
 from codegen.verify import verify_built
 
-from conftest import GENERATED, build_text, with_rule
+from conftest import GENERATED, SCALED_ROWS, assert_compiles, build_text, with_rule
 
 # The sum of exp(x - the segment's max) over each segment: a reduction used against its own
 # axis, so keep_whole holds each segment of t in one tile; an empty segment gives 0.
@@ -85,25 +85,6 @@ compute:
   acc: acc + dot(x, w, over=k)
   out: sum(exp(acc - max(acc, over=t)), over=t)
 """
-
-# A per-segment output beside a jagged axis walked in tiles (not kept whole): z is written
-# by every tile of its segment, and must be by an empty segment's too.
-SCALED_ROWS = """name: scaled_rows
-axes:
-  b: {}
-  t: {jagged: {offsets: offsets, segment: b, max: max_len}, block: 16}
-  d: {max: 128}
-tensors:
-  x: {dims: [t, d], dtype: float32}
-  w: {dims: [b, d], dtype: float32}
-  offsets: {dims: [b+1], dtype: int32}
-  y: {dims: [t, d], dtype: float32}
-  z: {dims: [b, d], dtype: float32}
-compute:
-  y: x * w
-  z: w * 2.0
-"""
-
 
 def verified(built):
     log = []
@@ -262,14 +243,8 @@ def test_no_checked_in_module_expands_a_boolean(name):
 
 def test_min_cmp_m_compiles_for_v6e(tmp_path):
     """Mosaic refused the boolean reshape: `infer-vector-layout: unsupported shape cast`."""
-    from codegen.tpu_compile import compile_kernels, libtpu_installed
-    from codegen.verify import compile_cases, kernel_to_compile
-
-    if not libtpu_installed():
-        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
     built = build_text(tmp_path, MIN_CMP_M)
-    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], "v6e")
-    assert all(r.ok for r in results), [r.error[:300] for r in results]
+    assert_compiles(built, "v6e")
 
 
 def test_a_max_of_zero_runs_one_tile_per_segment():
@@ -322,11 +297,5 @@ def test_a_rank_1_jagged_tensor_needs_blocks_aligned_to_the_array(tmp_path):
 
 
 def test_a_rank_1_jagged_tensor_compiles_with_aligned_blocks(tmp_path):
-    from codegen.tpu_compile import compile_kernels, libtpu_installed
-    from codegen.verify import compile_cases, kernel_to_compile
-
-    if not libtpu_installed():
-        pytest.skip("libtpu is not installed: pip install -e '.[tpu]'")
     built = build_text(tmp_path, ROW_WEIGHTED_SUMS)
-    results = compile_kernels([kernel_to_compile(built, case) for case in compile_cases(built)], "v6e")
-    assert all(r.ok for r in results), [r.error[:300] for r in results]
+    assert_compiles(built, "v6e")

@@ -6,21 +6,8 @@ import pytest
 
 from codegen.cli import main
 
+from conftest import GOOD_SPEC as GOOD
 from conftest import write_spec
-
-GOOD = """\
-name: k
-params:
-  alpha: 2.0
-axes:
-  m: {block: 8}
-  n: {block: 128}
-tensors:
-  x: {dims: [m, n], dtype: float32}
-  out: {dims: [m, n], dtype: float32}
-compute:
-  out: x * alpha
-"""
 
 ATTENTION_LIKE = """\
 name: k

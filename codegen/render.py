@@ -140,6 +140,12 @@ class Entry:
                 why = "its jagged rows" if self.plan.axes[t.dims[-2]].mode == "jagged" else f"each '{t.dims[-2]}' row"
                 self.lines.append(f"{t.name} = {t.name}.reshape{self.kernel_shape(t)}  # {why} as a major dim")
 
+    def whole_axes_with_max(self) -> list[str]:
+        """Axes held whole in each block whose `max` the VMEM budget was sized by: a call
+        beyond it is refused, not left to fail (or spill) in the compiler."""
+        return [a for a, axis in self.k.axes.items()
+                if axis.max is not None and a in self.bound and self.plan.axes[a].mode == "full"]
+
     def unbound_axes(self) -> list[str]:
         needed = {d for t in self.k.tensors.values() for d in t.dims}
         inputs = {d for t in self.k.inputs for d in t.dims}
@@ -251,6 +257,7 @@ class Entry:
         p, k = self.plan, self.k
         self.bind_shapes()
         self.bound += self.unbound_axes()
+        self.lines += [f'_check_max("{a}", {a}, {self.k.axes[a].max})' for a in self.whole_axes_with_max()]
         checks = self.debug_checks()
         if checks:
             self.lines += ["if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify"]
@@ -448,7 +455,8 @@ def render(plan: Plan, spec_path: str, rebuild_command: str | None = None) -> st
         docstring=docstring(module_doc),
         imports=imports,
         constants=constants,
-        helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()) | ({"visited_tiles"} if entry.uses_visited_tiles else set()),
+        helpers=uses | ({"tile_padded"} if entry.uses_tile_padded else set()) | ({"visited_tiles"} if entry.uses_visited_tiles else set())
+        | ({"check_max"} if entry.whole_axes_with_max() else set()),
         activations=[a for a in ir.ACTIVATIONS if a in uses],
         pipeline=plan.needs_tpu_facts,
         # E741 flags l, O and I; spec names are kept as they are, so the file says why it allows them.

@@ -75,7 +75,7 @@ PAGED_FIELDS = {
 }
 AXIS_FIELDS = {
     "block": Field("int", "Tile size along this axis (for a paged axis: pages per compute block)."),
-    "max": Field("int", "Largest extent expected; sizes the VMEM estimate of full-extent axes."),
+    "max": Field("int", "Largest extent expected; sizes the VMEM estimate of full-extent axes, and a call beyond it is refused."),
     "jagged": Field("mapping", "Per-segment extent from an offsets tensor.", fields=JAGGED_FIELDS),
     "paged": Field(
         "mapping",

@@ -50,6 +50,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -142,6 +150,7 @@ def attention(q, k, v, *, block_sq=1024, block_skv=1024, interpret=False):
     _check_input("q", q, (batch, head, sq, d), jnp.float32)
     _check_input("k", k, (batch, head, skv, d), jnp.float32)
     _check_input("v", v, (batch, head, skv, d), jnp.float32)
+    _check_max("d", d, 128)
     block_sq = _block_size("block_sq", block_sq, sq, 8)
     block_skv = _block_size("block_skv", block_skv, skv, 8)
     out = jnp.zeros((batch, head, sq, d), jnp.float32)

@@ -105,6 +105,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -258,6 +266,9 @@ def gdpa(q, k, v, q_offsets, *, max_seq_len, block_sq=256, debug=False, interpre
     _check_input("k", k, (b, skv, h, d), jnp.bfloat16)
     _check_input("v", v, (b, skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
+    _check_max("skv", skv, 256)
+    _check_max("h", h, 8)
+    _check_max("d", d, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("q_offsets", q_offsets, sq, "max_seq_len", max_seq_len)
     block_sq = _block_size("block_sq", block_sq, max(max_seq_len, 1), 1)

@@ -113,6 +113,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -320,6 +328,8 @@ def gdpa_jagged(
     _check_input("v", v, (skv, h, d), jnp.bfloat16)
     _check_input("q_offsets", q_offsets, (b + 1,), jnp.int32)
     _check_input("kv_offsets", kv_offsets, (b + 1,), jnp.int32)
+    _check_max("h", h, 8)
+    _check_max("d", d, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("q_offsets", q_offsets, sq, "max_seq_len_q", max_seq_len_q)
         _check_offsets("kv_offsets", kv_offsets, skv, "max_seq_len_kv", max_seq_len_kv)

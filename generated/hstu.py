@@ -113,6 +113,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -325,6 +333,8 @@ def hstu(
     _check_input("k", k, (skv, h, d), jnp.bfloat16)
     _check_input("v", v, (skv, h, d), jnp.bfloat16)
     _check_input("seq_offsets", seq_offsets, (b + 1,), jnp.int32)
+    _check_max("h", h, 8)
+    _check_max("d", d, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("seq_offsets", seq_offsets, sq, "max_seq_len", max_seq_len)
         _check_offsets("seq_offsets", seq_offsets, skv, "max_seq_len", max_seq_len)

@@ -106,6 +106,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -234,6 +242,7 @@ def jagged_softmax(x, offsets, *, max_seq_len, block_t=512, debug=False, interpr
     _check_input("x", x, (t, h), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
     x = x.reshape(t, 1, h)  # its jagged rows as a major dim
+    _check_max("h", h, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("offsets", offsets, t, "max_seq_len", max_seq_len)
     if max_seq_len > block_t:

@@ -67,6 +67,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _interpret_mode(interpret):
     """`True` means TPU interpret mode, which simulates the TPU on any backend (CPU too)."""
     params = pltpu.InterpretParams() if interpret is True else interpret
@@ -260,6 +268,8 @@ def paged_attention(
     _check_input("lengths", lengths, (b,), jnp.int32)
     _check_input("page_indices", page_indices, (b, pages), jnp.int32)
     q = q.reshape(b, kvh, g, d)  # its fused dims, split
+    _check_max("g", g, 8)
+    _check_max("d", d, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_pages("lengths", lengths, "page_indices", page_indices, num_pages, page_size)
     kernel = functools.partial(

@@ -89,6 +89,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -397,6 +405,8 @@ def ragged_paged_attention(
     _check_input("page_indices", page_indices, (b, pages), jnp.int32)
     _check_input("cu_q_lens", cu_q_lens, (b + 1,), jnp.int32)
     q = q.reshape(tq, kvh, g, d)  # its fused dims, split
+    _check_max("g", g, 8)
+    _check_max("d", d, 128)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("cu_q_lens", cu_q_lens, tq, "max_q_len", max_q_len)
         _check_pages("kv_lens", kv_lens, "page_indices", page_indices, num_pages, page_size)

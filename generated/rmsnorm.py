@@ -44,6 +44,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -128,6 +136,7 @@ def rmsnorm(x, w, *, block_m=128, interpret=False):
     m, n = x.shape
     _check_input("x", x, (m, n), jnp.float32)
     _check_input("w", w, (n,), jnp.float32)
+    _check_max("n", n, 8192)
     block_m = _block_size("block_m", block_m, m, 8)
     kernel = functools.partial(_rmsnorm_kernel, n=n)
     # the work and traffic of the whole call, for XLA's scheduler

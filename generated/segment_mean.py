@@ -93,6 +93,14 @@ def _check_input(name, x, shape, dtype):
         )
 
 
+def _check_max(name, size, most):
+    """An axis held whole in each block stays within the spec's max, which sized its VMEM."""
+    if size > most:
+        raise ValueError(
+            f"{name}={size} is more than its max, {most}: the kernel's VMEM was budgeted for at most that"
+        )
+
+
 def _block_size(name, block, size, multiple):
     """The block used along an axis: the whole extent if `block` covers it, else `block`."""
     if block >= size:
@@ -228,6 +236,7 @@ def segment_mean(x, offsets, *, max_seq_len, block_t=1024, debug=False, interpre
     b = offsets.shape[0] - 1
     _check_input("x", x, (t, d), jnp.float32)
     _check_input("offsets", offsets, (b + 1,), jnp.int32)
+    _check_max("d", d, 4096)
     if debug:  # checkify checks: eager calls raise; under jit, wrap in checkify.checkify
         _check_offsets("offsets", offsets, t, "max_seq_len", max_seq_len)
     block_t = _block_size("block_t", block_t, pl.cdiv(max(max_seq_len, 1), 8) * 8, 8)

@@ -14,7 +14,7 @@ import pytest
 
 from codegen.verify import Case, load_module, lower_for_tpu
 
-from conftest import DENSE_KERNELS, SPECS, build_text, checked_in_module, with_rule
+from conftest import DENSE_KERNELS, ROOT, SPECS, build_text, checked_in_module, with_rule
 
 RNG = np.random.default_rng(1234)
 
@@ -199,3 +199,16 @@ def test_entry_point_rejects_bad_inputs_and_blocks():
         module.bmm(normal(2, 16, 64), normal(2, 32, 128))
     with pytest.raises(ValueError, match="block_n=100 must be a positive multiple of 128"):
         module.bmm(normal(1, 16, 64), normal(1, 64, 256), block_n=100)
+
+
+def test_an_axis_held_whole_beyond_its_max_is_refused_at_the_call(tmp_path):
+    """softmax holds rows of up to n's max (4096) whole, and its VMEM is budgeted for that."""
+    module = checked_in_module("softmax")
+    with pytest.raises(ValueError, match=r"n=4224 is more than its max, 4096: the kernel's VMEM"):
+        module.softmax(normal(8, 4224), interpret=True)
+    at_max = normal(8, 4096)
+    np.testing.assert_allclose(module.softmax(at_max, interpret=True), jax.nn.softmax(at_max, axis=-1), rtol=1e-5, atol=1e-6)
+    # Walked in passes instead, the axis is tiled: any length goes.
+    in_passes = (ROOT / "tests/specs/softmax_in_passes.yaml").read_text().replace("n: {block: 128}", "n: {block: 128, max: 256}")
+    passes = build_text(tmp_path, in_passes)
+    assert passes.plan.axes["n"].mode == "tiled" and "_check_max" not in passes.source

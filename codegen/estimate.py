@@ -82,6 +82,13 @@ def case_from_shapes(plan: Plan, shapes: dict[str, int], name: str = "given shap
             continue
         elif axis_name not in sizes:
             sizes[axis_name] = need(axis_name)
+    # The entry point refuses an axis held whole beyond its max: say so before compiling.
+    beyond = [a for a, size in sizes.items() if a in k.axes and k.axes[a].max is not None
+              and plan.axes[a].mode == "full" and size > k.axes[a].max]
+    if beyond:
+        a = beyond[0]
+        raise SpecError(f"--shape: {a}={sizes[a]} is more than its max, {k.axes[a].max}, which the kernel's VMEM "
+                        f"is budgeted for", hint=f"raise axes.{a}.max in the spec ({k.axes[a].max_loc})")
     if paged:
         table = next(t for t in k.tensors.values() if t.name == paged.paged.table)
         pages = sizes[table.dims[1]]

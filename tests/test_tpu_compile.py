@@ -219,6 +219,10 @@ def test_shapes_for_a_jagged_spec_default_to_full_segments():
         case_from_shapes(plan, {"b": 4, "max_seq_len": 1024, "h": 8, "d": 128})
     with pytest.raises(SpecError, match="nope is not an axis"):
         case_from_shapes(plan, {"nope": 1})
+    # d is held whole up to its max, 128: the entry point would refuse 256
+    with pytest.raises(SpecError, match=r"--shape: d=256 is more than its max, 128") as err:
+        case_from_shapes(plan, {"b": 4, "max_seq_len": 1024, "skv": 256, "h": 8, "d": 256})
+    assert "raise axes.d.max in the spec (" in err.value.hint and "gdpa.yaml:14:" in err.value.hint
 
 
 def test_shapes_for_a_paged_spec_size_the_page_pool():
